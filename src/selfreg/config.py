@@ -1,0 +1,198 @@
+"""Run configuration: dataclasses, loaded from a YAML recipe plus dotted overrides.
+
+    cfg = load_config("configs/demo.yaml", ["optim.lr=0.05", "model.name=resnet32"])
+
+Unknown keys and wrong types are `UserError`s that name the valid keys, so a
+typo in a recipe never silently trains the wrong thing (minGPT, big_vision).
+The resolved config is saved with every run and reproduces it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    # Extra builder arguments, e.g. {shortcut: B, block: bn_after_add_no_relu}.
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = "data"
+    image_size: int = 32
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    # Fraction of train held out for validation when a dataset has no official val split.
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    num_workers: int = 0
+    # Training augmentation preset: "none" or "cifar" (pad 4, random crop, flip).
+    augment: str = "none"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [80])
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs"
+    # Run directory name under out_dir; empty means "<model>-<data>-s<seed>".
+    run_name: str = ""
+    # Torch CPU threads; 0 keeps torch's default.
+    threads: int = 0
+    plot: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- `section.key=value` overrides, validated at every step."""
+    raw: dict = {}
+    if path is not None:
+        raw = read_yaml(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return from_dict(Config, raw)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}; pass a YAML recipe such as configs/demo.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (model:, data:, ...)")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise UserError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.05)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        valid = ", ".join(f"{prefix}{n}" for n in names)
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' ({where}); valid keys: {valid}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            values[name] = from_dict(typ, raw[name] or {}, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = coerce(raw[name], typ, f"{prefix}{name}")
+    return cls(**values)
+
+
+def coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check `value` against the annotation `typ`; allow int->float and scalar->[scalar]."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item_type,) = typing.get_args(typ) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is dict or origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise _type_error(key, value, "a mapping")
+        return dict(value)
+    if typ is Any:
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, "true or false")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _type_error(key, value, "a number")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, value, "an integer")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _type_error(key, value, "a string")
+    return value
+
+
+def _type_error(key: str, value: Any, expected: str) -> UserError:
+    return UserError(f"config key {key} must be {expected}, got {value!r}")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
