@@ -12,12 +12,43 @@ from .errors import UserError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train.engine import fit
+    from pathlib import Path
 
-    cfg = load_config(args.config, args.overrides)
-    fit(cfg)
+    from .config import load_config, save_config
+    from .train.engine import Interrupted, fit, fit_seeds
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run wrote")
+        # `selfreg train --resume RUN [overrides]`; a recipe argument is read as an override.
+        overrides = ([args.config] if args.config else []) + args.overrides
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        if overrides:
+            save_config(cfg, run_dir / "config.yaml")
+    else:
+        if not args.config:
+            raise UserError("pass a YAML recipe (selfreg train configs/demo.yaml) or --resume RUN_DIR")
+        cfg = load_config(args.config, args.overrides)
+    try:
+        if args.seeds:
+            fit_seeds(cfg, parse_seeds(args.seeds))
+        else:
+            fit(cfg, resume=args.resume)
+    except Interrupted as exc:
+        print(f"selfreg: {exc}", file=sys.stderr)
+        return 130
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise UserError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+    return seeds
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -50,8 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model from a YAML recipe")
-    train.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml")
+    train.add_argument("config", nargs="?", help="YAML recipe, e.g. configs/demo.yaml")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=0.05")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its last checkpoint")
+    train.add_argument("--seeds", metavar="S1,S2,...",
+                       help="one run per seed and a summary.json of mean and std (e.g. 0,1,2)")
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list registered models with parameter and MAC counts")

@@ -43,18 +43,45 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    # sgd | adam | adamw | rmsprop | adagrad | adadelta
     name: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-8
+    alpha: float = 0.99   # rmsprop smoothing
+    rho: float = 0.9      # adadelta decay
+    # Keep weight decay off norm weights and biases (all 1-D parameters).
+    no_decay_norm_bias: bool = False
+    # Sharpness-aware minimisation around the optimizer above (Foret et al., 2021).
+    sam: bool = False
+    sam_rho: float = 0.05
+    sam_adaptive: bool = False
+    # Clip the global gradient norm to this value; 0 disables.
+    grad_clip: float = 0.0
 
 
 @dataclass
 class ScheduleConfig:
+    # constant | multistep | step | cosine | cyclic | onecycle; stepped every iteration.
     name: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [80])
+    milestones: list[float] = field(default_factory=lambda: [80])   # epochs (multistep)
     gamma: float = 0.1
+    step_size: float = 30          # epochs between decays (step)
+    min_lr: float = 0.0            # cosine floor
+    max_lr: float = 0.0            # cyclic upper bound (optim.lr is the lower)
+    cycle_epochs: float = 4.0      # cyclic period
+    pct_start: float = 0.3         # onecycle
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    # Warm-up: none | linear | cosine | constant (hold lr x warmup_factor, then jump:
+    # He et al.'s ResNet-110 recipe). Length in steps if warmup_steps > 0, else epochs.
+    warmup: str = "none"
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0
+    warmup_factor: float = 0.0
 
 
 @dataclass
@@ -68,6 +95,41 @@ class TrainConfig:
     # Torch CPU threads; 0 keeps torch's default.
     threads: int = 0
     plot: bool = True
+    label_smoothing: float = 0.0
+    # timm Mixup/CutMix: alpha > 0 enables each; prob is per batch.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    # BatchNorm momentum for every BN layer: null keeps the model's, a number in [0, 1],
+    # or "dynamic" = 1/(1+n) with n the batches seen this epoch (Torch ResNet study).
+    bn_momentum: Any = None
+    # On a NaN/inf loss: "stop" (keep the last good checkpoint) or "skip" the step.
+    nan_policy: str = "stop"
+    # Speed paths: autocast precision none | bf16 | fp16, NHWC memory, torch.compile.
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    # Exponential moving average of the weights; 0 disables. Evaluated as ema_val_*.
+    ema_decay: float = 0.0
+    # DistributedDataParallel (torchrun): convert BN to SyncBatchNorm (CUDA only).
+    sync_bn: bool = False
+    tensorboard: bool = True
+    # Progress: auto (a bar on a terminal, plain lines otherwise) | bar | lines | none.
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("train.nan_policy", self.nan_policy, ("stop", "skip"))
+        _check_choice("train.amp", self.amp, ("none", "bf16", "fp16"))
+        _check_choice("train.progress", self.progress, ("auto", "bar", "lines", "none"))
+        m = self.bn_momentum
+        if not (m is None or m == "dynamic" or
+                (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m <= 1)):
+            raise UserError(f"train.bn_momentum must be null, a number in [0, 1] or dynamic, got {m!r}")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"config key {key} must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass
@@ -178,6 +240,11 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise _type_error(key, value, "a number")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -1,12 +1,15 @@
-"""Checkpoints: atomic save, weights-only load with one-line errors."""
+"""Checkpoints: atomic save, exact-resume state, weights-only load with one-line errors."""
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from ..errors import UserError
 
@@ -47,3 +50,53 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "format_version" not in state:
         raise UserError(f"{path} is not a selfreg checkpoint (no model state or format version)")
     return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load weights, or say in one line whether the architecture or the class count differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserError(f"{source} holds a different architecture: {len(missing)} missing and "
+                        f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            # The classifier's tensors come last in a state dict: a mismatch there is the class count.
+            kind = "class count" if k in list(own)[-2:] else "architecture"
+            raise UserError(f"{source} does not match this model ({kind}): {k} is "
+                            f"{tuple(v.shape)} there, {tuple(own[k].shape)} here")
+    model.load_state_dict(state)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, to resume a run exactly."""
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_from(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# weights_only loading accepts tensors, lists, dicts and primitives, so the numpy and
+# python generator states are stored as those.
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_from(s: dict):
+    return (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+
+
+def _python_state(s) -> tuple:
+    version, internal, gauss = s
+    return (version, tuple(internal), gauss)

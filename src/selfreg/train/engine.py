@@ -1,16 +1,21 @@
 """fit / train_one_epoch / evaluate: the one training loop, nothing model-specific in it.
 
     summary = fit(load_config("configs/demo.yaml"))
+    summary = fit(cfg, resume="runs/demo")          # continue exactly where it stopped
 
 A run directory holds `config.yaml` (the resolved config, which reproduces the
-run), `metrics.csv`, `checkpoints/last.pt` and `plots/curves.png`.
+run), `metrics.csv`, TensorBoard events under `tb/`, `checkpoints/{last,best}.pt`,
+`plots/curves.png` and `summary.json`. Mixed precision, channels_last,
+torch.compile, EMA, SAM and DistributedDataParallel are all options here, once.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,11 +28,21 @@ from .. import __version__
 from ..analysis.complexity import count_parameters
 from ..config import Config, save_config
 from ..data import build_dataset, build_loaders
-from ..data.transforms import get_augmentation
+from ..errors import UserError
 from ..registry import create_model
-from .checkpoint import save_checkpoint
-from .logging import MetricsCSV, plot_curves
-from .optim import build_optimizer, build_scheduler
+from . import distributed as dist_utils
+from .bn import BNMomentum
+from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .logging import MetricsCSV, Progress, TensorBoard, plot_curves
+from .optim import SAM, build_optimizer, build_scheduler
+
+
+class TrainingDiverged(UserError):
+    """A NaN/inf loss under nan_policy=stop."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint has been written."""
 
 
 @dataclass
@@ -35,6 +50,60 @@ class EpochStats:
     loss: float
     acc: float
     count: int
+    skipped: int = 0
+
+
+@dataclass
+class EpochProgress:
+    """Sums over the batches done so far in an epoch: what a mid-epoch checkpoint keeps."""
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class StepOptions:
+    """How one training step runs; built once from the config."""
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    channels_last: bool = False
+    grad_clip: float = 0.0
+    nan_policy: str = "stop"
+    label_smoothing: float = 0.0
+    mixup: Callable | None = None
+    bn: BNMomentum | None = None
+    ema: nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ctx: dist_utils.DistContext = field(default_factory=dist_utils.DistContext)
+    # Under DDP the stop flag is agreed on every N steps (a collective); alone, every step.
+    stop_check_every: int = 1
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; checked between steps so a step is never cut in half."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = ""
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
 
 def seed_everything(seed: int) -> None:
@@ -43,48 +112,136 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def to_device(images: torch.Tensor, labels: torch.Tensor, opts: StepOptions):
+    images = images.to(opts.device, non_blocking=True)
+    if opts.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(opts.device, non_blocking=True)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, opts: StepOptions) -> torch.Tensor:
+    if targets.ndim == 2:  # soft targets from mixup/cutmix (smoothing already folded in)
+        return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), targets, label_smoothing=opts.label_smoothing)
+
+
+def loss_is_finite(loss: torch.Tensor, opts: StepOptions) -> bool:
+    """One host sync per step; under DDP all ranks agree so none steps alone."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if opts.ctx.enabled:
+        (bad,) = dist_utils.all_reduce_sum(opts.ctx, bad)
+    return bad.item() == 0
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler,
-                    device: torch.device, augment: Callable = lambda x, g: x,
-                    generator: torch.Generator | None = None) -> EpochStats:
+                    opts: StepOptions, epoch: int = 1, progress: EpochProgress | None = None,
+                    stop: StopFlag | None = None, bar: Progress | None = None) -> EpochStats:
+    """One pass over `loader`; resumes after `progress.batches` batches when given.
+
+    Raises `Interrupted` (after the caller's checkpoint hook sees `progress`) when the
+    stop flag is set, and `TrainingDiverged` on a non-finite loss under nan_policy=stop.
+    """
     model.train()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for images, labels in loader:
-        images = augment(images, generator).to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    progress = progress or EpochProgress()
+    loss_sum = torch.tensor(progress.loss_sum, device=opts.device, dtype=torch.float64)
+    correct = torch.tensor(progress.correct, device=opts.device, dtype=torch.float64)
+    seen, skipped = progress.seen, progress.skipped
+    sam = isinstance(optimizer, SAM)
+    for batch_idx, (images, labels) in enumerate(loader):
+        if batch_idx < progress.batches:
+            continue  # already trained on before the interruption (same batches: seeded loader)
+        images, labels = to_device(images, labels, opts)
+        targets = labels
+        if opts.mixup is not None:
+            images, targets = opts.mixup(images, labels)
+        if opts.bn is not None:
+            opts.bn.before_step(batch_idx)
+
+        def forward_backward():
+            optimizer.zero_grad(set_to_none=True)
+            with opts.autocast():
+                out = model(images)
+                batch_loss = loss_fn(out, targets, opts)
+            if opts.scaler is not None:
+                opts.scaler.scale(batch_loss).backward()
+            else:
+                batch_loss.backward()
+            return out, batch_loss
+
+        logits, loss = forward_backward()
+        if not loss_is_finite(loss, opts):
+            step = scheduler.last_epoch
+            if opts.nan_policy == "stop":
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step} (batch {batch_idx}); "
+                    "the last good checkpoint is kept; lower optim.lr or set train.nan_policy=skip")
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+        else:
+            clip_gradients(model, optimizer, opts)
+            if sam:
+                optimizer.step(closure=lambda: (forward_backward(), clip_gradients(model, optimizer, opts)))
+            elif opts.scaler is not None:
+                opts.scaler.step(optimizer)
+                opts.scaler.update()
+            else:
+                optimizer.step()
+            if opts.ema is not None:
+                opts.ema.update_parameters(unwrap(model))
+            loss_sum += loss.detach().double() * labels.size(0)
+            hard = targets.argmax(1) if targets.ndim == 2 else targets
+            correct += (logits.detach().argmax(1) == hard).sum()
+            seen += labels.size(0)
         scheduler.step()
-        # Accumulate on device: no host sync per step.
-        total_loss += loss.detach() * labels.size(0)
-        correct += (logits.detach().argmax(1) == labels).sum()
-        seen += labels.size(0)
-    return EpochStats(total_loss.item() / seen, correct.item() / seen, seen)
+        if bar is not None:
+            bar.update(labels.size(0))
+        if stop is not None and (batch_idx + 1) % opts.stop_check_every == 0 and stop_agreed(stop, opts):
+            progress.batches, progress.loss_sum, progress.correct = batch_idx + 1, loss_sum.item(), correct.item()
+            progress.seen, progress.skipped = seen, skipped
+            raise Interrupted()
+    loss_sum, correct, n, skipped_t = dist_utils.all_reduce_sum(
+        opts.ctx, loss_sum, correct, torch.tensor(float(seen), device=opts.device),
+        torch.tensor(float(skipped), device=opts.device))
+    n = max(1.0, n.item())
+    return EpochStats(loss_sum.item() / n, correct.item() / n, int(n), int(skipped_t.item()))
+
+
+def clip_gradients(model: nn.Module, optimizer, opts: StepOptions) -> None:
+    if opts.grad_clip > 0:
+        if opts.scaler is not None:
+            opts.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+
+
+def stop_agreed(stop: StopFlag, opts: StepOptions) -> bool:
+    flag = torch.tensor(float(stop.requested), device=opts.device)
+    (flag,) = dist_utils.all_reduce_sum(opts.ctx, flag)
+    return flag.item() > 0
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> EpochStats:
+def evaluate(model: nn.Module, loader, opts: StepOptions) -> EpochStats:
+    """Loss and top-1 accuracy, summed over ranks; sharded eval sets hold no duplicates."""
     model.eval()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    loss_sum = torch.zeros((), device=opts.device, dtype=torch.float64)
+    correct = torch.zeros((), device=opts.device, dtype=torch.float64)
+    seen = torch.zeros((), device=opts.device, dtype=torch.float64)
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum")
+        images, labels = to_device(images, labels, opts)
+        with opts.autocast():
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.size(0)
-    return EpochStats(total_loss.item() / seen, correct.item() / seen, seen)
+    loss_sum, correct, seen = dist_utils.all_reduce_sum(opts.ctx, loss_sum, correct, seen)
+    n = max(1.0, seen.item())
+    return EpochStats(loss_sum.item() / n, correct.item() / n, int(seen.item()))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers (whose state_dict we save)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -99,56 +256,247 @@ def make_run_dir(cfg: Config) -> Path:
     return path
 
 
-def fit(cfg: Config, log: Callable[[str], None] = print) -> dict:
-    """Train `cfg.train.epochs` epochs, evaluating on val after each; return the summary."""
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+def make_autocast(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if amp == "none":
+        return contextlib.nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
-    splits = build_dataset(cfg.data)
-    loaders = build_loaders(splits, cfg.data, seed=cfg.train.seed)
-    model = create_model(cfg.model.name, num_classes=splits.num_classes, in_chans=splits.in_chans,
-                         **cfg.model.kwargs).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.sched, len(loaders["train"]), cfg.train.epochs)
-    augment = get_augmentation(cfg.data.augment)
-    aug_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
 
-    run_dir = make_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml")
-    metrics = MetricsCSV(run_dir / "metrics.csv")
-    n_params = count_parameters(model)
-    log(f"run {run_dir}: {cfg.model.name} ({n_params:,} parameters) on {cfg.data.name} "
-        f"({len(splits.train)} train / {len(splits.val)} val), {cfg.train.epochs} epochs on {device}")
+def make_mixup(cfg: Config, num_classes: int):
+    if cfg.train.mixup <= 0 and cfg.train.cutmix <= 0:
+        return None
+    from timm.data import Mixup
 
-    best_acc, best_epoch = -1.0, 0
-    for epoch in range(1, cfg.train.epochs + 1):
+    if cfg.data.batch_size % 2:
+        raise UserError("mixup/cutmix need an even data.batch_size")
+    return Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mixup_prob,
+                 label_smoothing=cfg.train.label_smoothing, num_classes=num_classes)
+
+
+def make_ema(model: nn.Module, decay: float):
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+class Run:
+    """Everything one training run holds, built from a Config (optionally from a checkpoint)."""
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.ctx = dist_utils.setup(cfg.train.device)
+        self.log = log if self.ctx.is_main else (lambda s: None)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed + self.ctx.rank)
+        device = self.ctx.device
+
+        self.splits = build_dataset(cfg.data)
+        self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
+                                     rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
+                                  in_chans=self.splits.in_chans, **cfg.model.kwargs)
+        self.n_params = count_parameters(self.model)
+        self.model.to(device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.train.sync_bn and self.ctx.enabled and device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if cfg.optim.sam and cfg.train.amp == "fp16":
+            raise UserError("optim.sam with train.amp=fp16 is not supported; use bf16 or fp32")
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, len(self.loaders["train"]),
+                                         cfg.train.epochs, lr=cfg.optim.lr)
+        autocast = make_autocast(cfg.train.amp, device)  # rejects fp16 off CUDA before a scaler exists
+        scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+        self.ema = make_ema(self.model, cfg.train.ema_decay)
+        self.opts = StepOptions(
+            device=device, autocast=autocast,
+            channels_last=cfg.train.channels_last, grad_clip=cfg.optim.grad_clip,
+            nan_policy=cfg.train.nan_policy, label_smoothing=cfg.train.label_smoothing,
+            mixup=make_mixup(cfg, self.splits.num_classes), bn=BNMomentum(self.model, cfg.train.bn_momentum),
+            ema=self.ema, scaler=scaler, ctx=self.ctx, stop_check_every=50 if self.ctx.enabled else 1)
+
+        self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
+        self.progress: EpochProgress | None = None
+        if resume is not None:
+            self.run_dir = Path(resume)
+            self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt", map_location=device))
+        else:
+            self.run_dir = make_run_dir(cfg) if self.ctx.is_main else Path(".")
+            if self.ctx.is_main:
+                save_config(cfg, self.run_dir / "config.yaml")
+
+        self.train_model = self.model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.metrics = MetricsCSV(self.run_dir / "metrics.csv")
+        if self.ctx.is_main:
+            self.metrics.truncate_after(self.epoch)
+        self.tb = TensorBoard(self.run_dir / "tb" if cfg.train.tensorboard and self.ctx.is_main else None,
+                              purge_step=self.epoch + 1 if resume is not None else None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.opts.scaler.state_dict() if self.opts.scaler else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "epoch": self.epoch, "step": self.scheduler.last_epoch,
+                "progress": vars(self.progress) if self.progress else None,
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "rng": rng_state(), "config": self.cfg.to_dict(), "model_name": self.cfg.model.name,
+                "classes": list(self.splits.classes), "in_chans": self.splits.in_chans,
+                "image_size": self.splits.image_size, "mean": list(self.splits.mean),
+                "std": list(self.splits.std), "selfreg_version": __version__}
+
+    def save(self, best: bool = False) -> None:
+        if not self.ctx.is_main:
+            return
+        state = self.state()
+        save_checkpoint(state, self.run_dir / "checkpoints" / "last.pt")
+        if best:
+            save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
+
+    def _restore(self, state: dict) -> None:
+        source = self.run_dir / "checkpoints" / "last.pt"
+        load_model_state(self.model, state["model"], source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.opts.scaler is not None and state.get("scaler"):
+            self.opts.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        self.progress = EpochProgress(**state["progress"]) if state.get("progress") else None
+        if self.ctx.is_main:
+            set_rng_state(state["rng"])
+        else:  # only rank 0's generators are saved; other ranks draw a fresh, distinct stream
+            seed_everything(self.cfg.train.seed + self.ctx.rank + 1000 * self.epoch)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        start_epoch = self.epoch + 1
+        self.log(f"run {self.run_dir}: {cfg.model.name} ({self.n_params:,} parameters) on {cfg.data.name} "
+                 f"({len(self.splits.train)} train / {len(self.splits.val)} val), epochs {start_epoch}.."
+                 f"{cfg.train.epochs} on {self.ctx.device}"
+                 + (f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        if start_epoch > cfg.train.epochs and self.progress is None:
+            self.log(f"run already finished ({self.epoch} epochs); raise train.epochs to continue it")
+        with StopFlag() as stop:
+            for epoch in range(start_epoch, cfg.train.epochs + 1):
+                self._one_epoch(epoch, stop)
+        self.tb.close()
+        return self._summary()
+
+    def _one_epoch(self, epoch: int, stop: StopFlag) -> None:
+        cfg = self.cfg
+        loader = self.loaders["train"]
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
         start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, loaders["train"], optimizer, scheduler, device, augment, aug_generator)
-        val = evaluate(model, loaders["val"], device)
-        seconds = time.perf_counter() - start
-        metrics.append({"epoch": epoch, "lr": lr, "train_loss": train.loss, "train_acc": train.acc,
-                        "val_loss": val.loss, "val_acc": val.acc, "seconds": seconds})
-        if val.acc > best_acc:
-            best_acc, best_epoch = val.acc, epoch
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch,
-                         "config": cfg.to_dict(), "classes": splits.classes,
-                         "selfreg_version": __version__},
-                        run_dir / "checkpoints" / "last.pt")
-        if cfg.train.plot:
-            plot_curves(run_dir / "metrics.csv", run_dir / "plots" / "curves.png",
-                        title=f"{cfg.model.name} on {cfg.data.name}")
-        log(f"epoch {epoch:3d}/{cfg.train.epochs}  lr {lr:.4g}  train loss {train.loss:.4f} "
-            f"acc {100 * train.acc:.2f}%  val loss {val.loss:.4f} acc {100 * val.acc:.2f}%  ({seconds:.1f}s)")
+        # The lr at the epoch's first step (also right when resuming mid-epoch).
+        lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0]((epoch - 1) * len(loader))
+        bar = Progress(cfg.train.progress, len(loader), f"epoch {epoch}", enabled=self.ctx.is_main)
+        progress = self.progress or EpochProgress()
+        self.progress = None
+        try:
+            train = train_one_epoch(self.train_model, loader, self.optimizer, self.scheduler, self.opts,
+                                    epoch, progress, stop, bar)
+        except Interrupted:
+            self.epoch, self.progress = epoch - 1, progress
+            self.save()
+            raise Interrupted(f"{stop.signal_name}: saved a checkpoint at epoch {epoch}, batch "
+                              f"{progress.batches}; continue with: selfreg train --resume {self.run_dir}") from None
+        finally:
+            bar.close()
+        val = evaluate(self.train_model, self.loaders["val"], self.opts)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train.loss, "train_acc": train.acc,
+               "val_loss": val.loss, "val_acc": val.acc, "seconds": time.perf_counter() - start}
+        if self.ema is not None:
+            ema = evaluate(self.ema, self.loaders["val"], self.opts)
+            row.update(ema_val_loss=ema.loss, ema_val_acc=ema.acc)
+        if train.skipped:
+            row["skipped_steps"] = train.skipped
+        self.epoch = epoch
+        improved = val.acc > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch = val.acc, epoch
+        if self.ctx.is_main:
+            self.metrics.append(row)
+            self.save(best=improved)
+            self.tb.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch)
+            if cfg.train.plot:
+                plot_curves(self.run_dir / "metrics.csv", self.run_dir / "plots" / "curves.png",
+                            title=f"{cfg.model.name} on {cfg.data.name}")
+        self.log(f"epoch {epoch:3d}/{cfg.train.epochs}  lr {lr:.4g}  train loss {train.loss:.4f} "
+                 f"acc {100 * train.acc:.2f}%  val loss {val.loss:.4f} acc {100 * val.acc:.2f}%  "
+                 f"({row['seconds']:.1f}s)" + (f"  skipped {train.skipped} steps" if train.skipped else ""))
+        if stop.requested:
+            raise Interrupted(f"{stop.signal_name}: stopped after epoch {epoch} (checkpoint saved); "
+                              f"continue with: selfreg train --resume {self.run_dir}")
 
-    summary = {"run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.data.name,
-               "params": n_params, "epochs": cfg.train.epochs, "seed": cfg.train.seed,
-               "final_val_acc": val.acc, "best_val_acc": best_acc, "best_epoch": best_epoch,
-               "selfreg_version": __version__}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log(f"final validation accuracy {100 * val.acc:.2f}% (best {100 * best_acc:.2f}% at epoch {best_epoch}); "
-        f"run directory {run_dir}")
+    def _summary(self) -> dict:
+        from .logging import read_metrics
+
+        rows = read_metrics(self.run_dir / "metrics.csv") if self.ctx.is_main else []
+        final = rows[-1]["val_acc"] if rows else float("nan")
+        summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "dataset": self.cfg.data.name,
+                   "params": self.n_params, "epochs": self.epoch, "seed": self.cfg.train.seed,
+                   "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
+                   "world_size": self.ctx.world_size, "selfreg_version": __version__}
+        if self.ctx.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.log(f"final validation accuracy {100 * final:.2f}% (best {100 * self.best_acc:.2f}% at epoch "
+                     f"{self.best_epoch}); run directory {self.run_dir}")
+        return summary
+
+    def close(self) -> None:
+        dist_utils.teardown(self.ctx)
+
+
+def fit(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train (or continue) one run; return its summary."""
+    run = Run(cfg, resume=resume, log=log)
+    try:
+        return run.fit()
+    finally:
+        run.close()
+
+
+def fit_seeds(cfg: Config, seeds: list[int], log: Callable[[str], None] = print) -> dict:
+    """One run per seed under out_dir/<name>/s<seed>, and a summary.json of mean and std.
+
+    The Torch ResNet study's protocol: report the mean over seeds, never the best run.
+    """
+    import copy
+
+    name = cfg.train.run_name or f"{cfg.model.name}-{cfg.data.name}"
+    group = Path(cfg.train.out_dir) / name
+    runs = []
+    for seed in seeds:
+        one = copy.deepcopy(cfg)
+        one.train.seed = seed
+        one.train.run_name = f"{name}/s{seed}"
+        runs.append(fit(one, log=log))
+    summary = {"runs": [r["run_dir"] for r in runs], "seeds": list(seeds)}
+    for key in ("final_val_acc", "best_val_acc"):
+        values = np.array([r[key] for r in runs], dtype=float)
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                        "values": values.tolist()}
+    group.mkdir(parents=True, exist_ok=True)
+    (group / "summary.json").write_text(json.dumps(summary, indent=2))
+    f, b = summary["final_val_acc"], summary["best_val_acc"]
+    log(f"{len(seeds)} seeds: final val acc {100 * f['mean']:.2f} +- {100 * f['std']:.2f}%, "
+        f"best {100 * b['mean']:.2f} +- {100 * b['std']:.2f}% (mean +- std); {group / 'summary.json'}")
     return summary

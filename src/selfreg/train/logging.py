@@ -1,25 +1,42 @@
-"""Run records: metrics.csv (the record of a run) and the curves PNG."""
+"""Run records: metrics.csv (the record of a run), TensorBoard events, progress, curves PNG."""
 from __future__ import annotations
 
 import csv
+import sys
+import time
 from pathlib import Path
 
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+BASE_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
 
 class MetricsCSV:
-    """Append one row per epoch; the header is written once."""
+    """One row per epoch. Columns are fixed by the first row written (BASE_FIELDS first)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
+        if new:
+            fields = BASE_FIELDS + [k for k in row if k not in BASE_FIELDS]
+        else:
+            with self.path.open() as f:
+                fields = next(csv.reader(f))
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
+            writer.writerow({k: _fmt(row.get(k, "")) for k in fields})
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows past `epoch` (a resumed run rewrites the epochs it repeats)."""
+        if not self.path.exists():
+            return
+        with self.path.open() as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if float(r[0]) <= epoch]
+        with self.path.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
 
 def _fmt(v):
@@ -28,7 +45,67 @@ def _fmt(v):
 
 def read_metrics(path: str | Path) -> list[dict]:
     with Path(path).open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+class TensorBoard:
+    """Per-epoch scalars as TensorBoard events (read back by tensorboard); silent if disabled."""
+
+    def __init__(self, log_dir: str | Path | None, purge_step: int | None = None):
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """A tqdm bar (throughput, ETA) on a terminal; a plain line every 30 s otherwise."""
+
+    LINE_SECONDS = 30.0
+
+    def __init__(self, mode: str, total: int, desc: str, enabled: bool = True):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode if enabled else "none"
+        self.total, self.desc, self.count, self.images = total, desc, 0, 0
+        self.start = time.perf_counter()
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        self.last_print = self.start
+
+    def update(self, images: int, loss: float | None = None) -> None:
+        self.count += 1
+        self.images += images
+        if self.bar is not None:
+            self.bar.update(1)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif self.mode == "lines" and time.perf_counter() - self.last_print >= self.LINE_SECONDS:
+            # Plain lines (logs, CI): at most one every LINE_SECONDS, so short epochs print none.
+            self.last_print = time.perf_counter()
+            elapsed = self.last_print - self.start
+            eta = elapsed / self.count * (self.total - self.count)
+            print(f"  {self.desc} {self.count}/{self.total} batches  {self.images / elapsed:.0f} img/s  "
+                  f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "") -> None:
@@ -41,7 +118,9 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "")
     rows = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
+    for split in ("train", "val", "ema_val"):
+        if f"{split}_loss" not in rows[0]:
+            continue
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], marker=".", label=split)
         ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in rows], marker=".", label=split)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")

@@ -1,0 +1,87 @@
+"""torchrun / DistributedDataParallel, the standard way.
+
+`torchrun --nproc_per_node=K -m selfreg train RECIPE` sets RANK, WORLD_SIZE and
+LOCAL_RANK; `setup()` reads them, initialises the process group (NCCL on CUDA,
+gloo on CPU) and picks this rank's device. Rank 0 alone writes files; every
+rank still takes part in every collective.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device_name: str = "auto") -> DistContext:
+    """Single process unless launched by torchrun; then join the process group."""
+    want_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        if device_name == "auto":
+            device = torch.device("cuda" if want_cuda else "cpu")
+        else:
+            device = torch.device(device_name)
+        return DistContext(device=device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world, local_rank, device)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(ctx: DistContext, *values: torch.Tensor) -> list[torch.Tensor]:
+    """Sum tensors over ranks (a no-op in a single process); returns new tensors."""
+    if not ctx.enabled:
+        return list(values)
+    packed = torch.stack([v.detach().to(torch.float64) for v in values])
+    if ctx.device.type == "cpu":
+        dist.all_reduce(packed)
+    else:
+        packed = packed.to(ctx.device)
+        dist.all_reduce(packed)
+    return list(packed.unbind())
+
+
+def broadcast_object(ctx: DistContext, obj):
+    """Rank 0's `obj` on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
