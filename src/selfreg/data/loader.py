@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .datasets import DataSplits
 from .transforms import get_augmentation
@@ -14,19 +14,20 @@ class TrainLoader:
     def __init__(self, dataset, cfg, seed: int, rank: int = 0, world_size: int = 1):
         self.seed = seed
         self.augment = get_augmentation(cfg.augment)
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=seed) if world_size > 1 else None
+        # The sampler owns its generator: DataLoader draws a worker seed from its own, which
+        # would otherwise shift the permutation away from DistributedSampler's randperm(seed + epoch).
         self.generator = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size,
-                                 shuffle=self.sampler is None, sampler=self.sampler,
-                                 num_workers=cfg.num_workers, generator=self.generator)
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed) if world_size > 1 else RandomSampler(dataset, generator=self.generator)
+        self.loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=self.sampler,
+                                 num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(seed))
         self.aug_generator = torch.Generator()
         self.set_epoch(1)
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + epoch)
         self.aug_generator.manual_seed(self.seed + 10_000 + epoch)
-        if self.sampler is not None:
+        if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
+from ..layers.norm import get_norm_layer
 from ..registry import register_model
 
 # name -> (bn_after_add, final_relu). "Variants are data": the block reads two flags.
@@ -68,8 +69,9 @@ class CifarResNet(nn.Module):
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), shortcut: str = "A",
                  block: str = "relu_bn_before_add", se_reduction: int | None = None,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+                 norm_layer: str | Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
+        norm_layer = get_norm_layer(norm_layer)  # a type, or a name from a config ("batch", "group")
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         self.bn1 = norm_layer(widths[0])
         stages = []

@@ -85,3 +85,16 @@ def broadcast_object(ctx: DistContext, obj):
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+@torch.no_grad()
+def replicas_in_sync(ctx: DistContext, model: torch.nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters and buffers (checked once, at the end)."""
+    flat = torch.cat([t.detach().reshape(-1).double().cpu() for t in model.state_dict().values()
+                      if t.is_floating_point()])
+    digest = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat))).sum()])
+    if ctx.device.type != "cpu":
+        digest = digest.to(ctx.device)
+    gathered = [torch.empty_like(digest) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])

@@ -396,6 +396,9 @@ class Run:
         with StopFlag() as stop:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 self._one_epoch(epoch, stop)
+        if self.ctx.enabled:
+            in_sync = dist_utils.replicas_in_sync(self.ctx, self.model)
+            self.log(f"weights identical across {self.ctx.world_size} ranks: {'yes' if in_sync else 'NO'}")
         self.tb.close()
         return self._summary()
 
