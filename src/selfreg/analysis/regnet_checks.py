@@ -35,7 +35,6 @@ class PaperValue:
     kwargs: tuple[tuple[str, Any], ...] = ()  # extra builder arguments, e.g. (("form", "full"),)
     num_classes: int = 10
     checked: bool = True       # False: shown for reference only (see the module docstring)
-    note: str = ""
 
     @property
     def label(self) -> str:
@@ -43,28 +42,24 @@ class PaperValue:
         return f"{self.model}{extra}" + (f" over {self.over}" if self.over else "")
 
 
-def _params(model: str, metric: str, paper: float, source: str, **kw: Any) -> PaperValue:
-    return PaperValue(model, metric, paper, source, **kw)
-
-
 PAPER_VALUES: tuple[PaperValue, ...] = (
-    _params("rrnet20_lstm", "params", 0.32e6, "IV-A2"),
-    *(_params(f"rrnet{d}_{cell}", "params", inc, "Table IV", over=f"resnet{d}")
+    PaperValue("rrnet20_lstm", "params", 0.32e6, "IV-A2"),
+    *(PaperValue(f"rrnet{d}_{cell}", "params", inc, "Table IV", over=f"resnet{d}")
       for d, cell, inc in [(20, "gru", 0.04e6), (20, "lstm", 0.04e6), (32, "gru", 0.06e6),
                            (32, "lstm", 0.07e6), (56, "gru", 0.11e6), (56, "lstm", 0.12e6)]),
-    _params("rrnet20_gru", "params", 44e3, "Table I", over="resnet20"),
-    _params("rrnet20_gru", "params", 330e3, "Table I", over="resnet20", kwargs=(("form", "full"),)),
-    _params("rrnet20_gru", "flops", 15e6, "Table I", over="resnet20", checked=False),
-    _params("rrnet20_gru", "flops", 346e6, "Table I", over="resnet20", kwargs=(("form", "full"),),
-            checked=False),
-    _params("resnet20", "params", 0.273e6, "Table V"),
-    *(_params(f"rrnet20_{cell}_s{s}", "params", p, "Table V")
+    PaperValue("rrnet20_gru", "params", 44e3, "Table I", over="resnet20"),
+    PaperValue("rrnet20_gru", "params", 330e3, "Table I", over="resnet20", kwargs=(("form", "full"),)),
+    PaperValue("rrnet20_gru", "flops", 15e6, "Table I", over="resnet20", checked=False),
+    PaperValue("rrnet20_gru", "flops", 346e6, "Table I", over="resnet20", kwargs=(("form", "full"),),
+               checked=False),
+    PaperValue("resnet20", "params", 0.273e6, "Table V"),
+    *(PaperValue(f"rrnet20_{cell}_s{s}", "params", p, "Table V")
       for (cell, s), p in {("gru", 1): 0.279e6, ("gru", 2): 0.285e6, ("gru", 3): 0.306e6,
                            ("lstm", 1): 0.281e6, ("lstm", 2): 0.290e6, ("lstm", 3): 0.325e6}.items()),
-    _params("resnet50", "params", 26.6e6, "Table VI", num_classes=1000),
-    _params("rrnet50", "params", 31.3e6, "Table VI", num_classes=1000),
-    _params("resnet50", "macs", 4.14e9, "Table VI", num_classes=1000),
-    _params("rrnet50", "macs", 5.12e9, "Table VI", num_classes=1000),
+    PaperValue("resnet50", "params", 26.6e6, "Table VI", num_classes=1000),
+    PaperValue("rrnet50", "params", 31.3e6, "Table VI", num_classes=1000),
+    PaperValue("resnet50", "macs", 4.14e9, "Table VI", num_classes=1000),
+    PaperValue("rrnet50", "macs", 5.12e9, "Table VI", num_classes=1000),
 )
 
 
@@ -106,8 +101,9 @@ def markdown_table(rows: list[Comparison]) -> str:
     for row in rows:
         v = row.value
         sign = "+" if v.over else ""
-        quantity = f"{v.metric}{' (increase)' if v.over else ''}, {v.num_classes} classes" \
-            if v.metric == "params" else f"{v.metric}{' (increase)' if v.over else ''}"
+        quantity = v.metric + (" (increase)" if v.over else "")
+        if v.metric == "params":
+            quantity += f", {v.num_classes} classes"
         lines.append(f"| {v.label} | {quantity} | {sign}{human(row.ours)} ({row.ours:,}) | "
                      f"{sign}{human(v.paper)} | {row.rel:+.1%} | {v.source} | "
                      f"{'yes' if v.checked else 'no'} |")
