@@ -1,5 +1,7 @@
 """Building blocks shared by model families: one concept per file."""
+from .convrnn import ConvCell, ConvGRU, ConvLSTM, ConvRNN, GateConv
 from .se import SqueezeExcite
 from .shortcut import make_shortcut, PadShortcut
 
-__all__ = ["SqueezeExcite", "make_shortcut", "PadShortcut"]
+__all__ = ["ConvCell", "ConvGRU", "ConvLSTM", "ConvRNN", "GateConv", "SqueezeExcite",
+           "make_shortcut", "PadShortcut"]

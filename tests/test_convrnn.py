@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from selfreg.analysis.complexity import count_parameters
+from selfreg.errors import UserError
+from selfreg.layers.convrnn import ConvGRU, ConvLSTM, ConvRNN, GateConv, resolve_regulator
+
+GATES = {ConvRNN: 1, ConvGRU: 3, ConvLSTM: 4}  # gate maps computed from [X, H] per cell
+
+
+def light_params(n: int, k: int) -> int:
+    # Per gate: grouped 1x1 (N groups, 2 -> 1): 2N, depthwise 3x3: 9N, bias: N.
+    return k * (2 * n + 9 * n + n)
+
+
+def full_params(n: int, k: int) -> int:
+    return k * (18 * n * n + n)  # per gate: 3x3 conv 2N -> N, bias N
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("n", [16, 64])
+def test_parameter_arithmetic(cell, n):
+    assert count_parameters(cell(n, "light")) == light_params(n, GATES[cell])
+    assert count_parameters(cell(n, "full")) == full_params(n, GATES[cell])
+
+
+def test_light_form_is_18n_over_11_cheaper_in_weights():
+    # Section III-B: the light convolution reduces the cost by 18N/11 times (weights, no bias).
+    n = 32
+    light, full = GateConv(n, 1, "light"), GateConv(n, 1, "full")
+    weights = lambda m: sum(p.numel() for name, p in m.named_parameters() if name.endswith("weight"))
+    assert weights(full) / weights(light) == pytest.approx(18 * n / 11)
+
+
+def test_regnet20_gru_table1_difference():
+    # Table I: full 3x3 cells +330K, light +44K: a difference of 286K for N = 16, 32, 64.
+    diff = sum(full_params(n, 3) - light_params(n, 3) for n in (16, 32, 64))
+    assert diff == 286_608
+
+
+def test_light_groups_pair_each_input_channel_with_its_own_state_channel():
+    # Group i of the grouped 1x1 must see (x_i, h_i): a plain concatenation [X, H] would
+    # give the first N/2 groups two X channels and never mix input with state.
+    torch.manual_seed(0)
+    n = 8
+    conv = GateConv(n, 1, "light")
+    x, h = torch.randn(1, n, 5, 5), torch.randn(1, n, 5, 5)
+    (base,) = conv(x, h)
+    for j in (0, n - 1):
+        for which in ("x", "h"):
+            x2, h2 = x.clone(), h.clone()
+            (x2 if which == "x" else h2)[:, j] += 1.0
+            (out,) = conv(x2, h2)
+            changed = (out - base).abs().amax(dim=(0, 2, 3)) > 0
+            assert changed.nonzero().flatten().tolist() == [j], (which, j)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("form", ["light", "full"])
+def test_state_starts_at_zeros_like_the_input_and_keeps_shape(cell, form):
+    c = cell(6, form).double()
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64)
+    state = c.init_state(x)
+    for t in (state if isinstance(state, tuple) else (state,)):
+        assert t.shape == x.shape and t.dtype == x.dtype and t.device == x.device and not t.any()
+    for _ in range(3):
+        h, state = c(x, state)
+        assert h.shape == x.shape and torch.isfinite(h).all()
+
+
+def test_gru_closed_update_gate_keeps_the_state():
+    # H' = (1 - z) H + z n: with the update gate shut (z -> 0) the state passes unchanged.
+    torch.manual_seed(0)
+    cell = ConvGRU(4, "light")
+    with torch.no_grad():
+        cell.gates.gate_bias()[:, 0] = -100.0  # gate order: z, r
+    x, h = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    out, state = cell(x, h)
+    torch.testing.assert_close(out, h)
+    assert state is out
+
+
+def test_lstm_memory_with_open_forget_and_closed_input_gate():
+    torch.manual_seed(0)
+    cell = ConvLSTM(4, "full")
+    assert torch.equal(cell.gates.gate_bias()[:, 1], torch.ones(4))  # forget bias starts at 1
+    with torch.no_grad():
+        cell.gates.gate_bias()[:, 0] = -100.0  # input gate shut
+        cell.gates.gate_bias()[:, 1] = 100.0   # forget gate open
+    x, h, c = (torch.randn(2, 4, 6, 6) for _ in range(3))
+    out, (h2, c2) = cell(x, (h, c))
+    torch.testing.assert_close(c2, c)
+    torch.testing.assert_close(out, torch.sigmoid(cell.gates(x, h)[2]) * torch.tanh(c))
+    assert cell.with_hidden((h2, c2), x)[1] is c2
+
+
+def test_rnn_is_tanh_of_one_convolution():
+    torch.manual_seed(0)
+    cell = ConvRNN(3, "full")
+    x, h = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    out, _ = cell(x, h)
+    torch.testing.assert_close(out, torch.tanh(cell.conv(x, h)[0]))
+    assert out.abs().max() < 1
+
+
+def test_user_errors_name_the_valid_choices():
+    with pytest.raises(UserError, match="valid: light, full"):
+        ConvGRU(8, form="heavy")
+    with pytest.raises(UserError, match="valid: rnn, gru, lstm"):
+        resolve_regulator("transformer")
+    assert resolve_regulator("gru") is ConvGRU and resolve_regulator(ConvLSTM) is ConvLSTM
+    assert resolve_regulator(None) is None
