@@ -52,22 +52,25 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .analysis.complexity import count_macs, count_parameters, human
-    from .registry import create_model, list_models, model_entry
+    from .analysis.complexity import human
+    from .analysis.model_table import markdown, measure
+    from .registry import list_models, model_entry
 
     names = list_models(args.pattern)
     if not names:
         raise UserError(f"no model matches {args.pattern!r}; try `selfreg models` for the full list")
+    if args.table:
+        print(markdown(args.pattern, args.num_classes), end="")
+        return 0
     header = f"{'model':<24} {'params':>12} {'MACs':>10} {'input':>7}  source"
     print(header)
     print("-" * len(header))
     for name in names:
         meta = model_entry(name).meta
         size = meta.get("input_size", 224)
-        model = create_model(name, num_classes=args.num_classes)
-        params = count_parameters(model)
-        macs = human(count_macs(model, size)) if not args.no_macs else "-"
-        print(f"{name:<24} {params:>12,} {macs:>10} {f'{size}x{size}':>7}  {meta.get('source', '?')}")
+        params, macs = measure(name, size, args.num_classes, macs=not args.no_macs)
+        macs_text = human(macs) if macs is not None else "-"
+        print(f"{name:<24} {params:>12,} {macs_text:>10} {f'{size}x{size}':>7}  {meta.get('source', '?')}")
     print(f"\n{len(names)} models; parameters with {args.num_classes} classes; "
           "MACs = forward multiply-adds for one image at the native input size.")
     return 0
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'rrnet*'")
     models.add_argument("--num-classes", type=int, default=10)
     models.add_argument("--no-macs", action="store_true", help="skip counting multiply-adds")
+    models.add_argument("--table", action="store_true",
+                        help="markdown page: params and MACs at 32x32 and native size, source, paper, "
+                             "adaptation, recipe (`selfreg models --table > docs/zoo.md`)")
     models.set_defaults(func=cmd_models)
     return parser
 

@@ -16,11 +16,14 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
 
     FlopCounterMode counts a multiply-add as 2 FLOPs (convolutions, matmuls); we
     report half of its total, labelled MACs, as papers' "FLOPs" columns usually mean.
+    The image is made on the model's device, so a model built on the meta device is
+    counted without memory or compute.
     """
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(1, in_chans, input_size, input_size)
+        device = next(model.parameters()).device
+        x = torch.zeros(1, in_chans, input_size, input_size, device=device)
         with FlopCounterMode(display=False) as counter:
             model(x)
     finally:

@@ -1,0 +1,196 @@
+"""Every registered model, built by name, trains at MNIST (1x28x28), CIFAR (3x32x32) and its
+native size; the zoo's small-input adaptations and parameter counts are what they claim."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfreg import list_models
+from selfreg.analysis.complexity import count_macs, count_parameters
+from selfreg.errors import UserError
+from selfreg.models.zoo import ZOO, create_at
+from selfreg.registry import create_model, model_entry
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Larger variants of a family run only with `-m slow`; the value is the sibling that runs by default.
+LARGER_VARIANT = {
+    **{name: "vgg11" for name in ("vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
+    "resnet34": "resnet18",
+    "resnext50_32x4d": "resnext26ts",
+    "shufflenet_v2_x1_0": "shufflenet_v2_x0_5",
+    "squeezenet1_0": "squeezenet1_1",
+    "vit_base_patch16_224": "vit_tiny_patch4_32",
+    "mixer_b16_224": "mixer_s16_224",
+    "gmlp_s16_224": "gmlp_ti16_224",
+    # CIFAR ResNets: tests/test_resnet_cifar.py covers every depth.
+    **{f"{se}resnet{d}": f"{se}resnet20" for se in ("", "se_") for d in (32, 44, 56, 110)},
+}
+# Native-size forward + backward passes that take seconds on 2 cores: `-m slow` only.
+HEAVY_NATIVE = {
+    "vgg11": "7.6 GMACs at 224",
+    "inception_v3": "5.7 GMACs at 299",
+    "xception": "8.4 GMACs at 299",
+    "darknet53": "9.3 GMACs at 256",
+    "efficientnetv2_s": "8.4 GMACs at 384",
+    "densenet121": "2.8 GMACs at 224",
+}
+
+
+def native_size(name: str) -> int:
+    return model_entry(name).meta.get("input_size", 224)
+
+
+def size_cases() -> list:
+    cases = []
+    for name in list_models():
+        sizes = dict.fromkeys([(1, 28), (3, 32), (3, native_size(name))])
+        for in_chans, size in sizes:
+            slow = name in LARGER_VARIANT or (size == native_size(name) and name in HEAVY_NATIVE)
+            cases.append(pytest.param(name, in_chans, size, marks=[pytest.mark.slow] if slow else [],
+                                      id=f"{name}-{in_chans}x{size}"))
+    return cases
+
+
+@pytest.mark.parametrize("name, in_chans, size", size_cases())
+def test_forward_backward(name, in_chans, size):
+    torch.manual_seed(0)
+    model = create_at(name, size, num_classes=10, in_chans=in_chans)
+    out = model(torch.randn(2, in_chans, size, size))
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([0, 1])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", [s.name for s in ZOO if s.name not in LARGER_VARIANT])
+def test_forward_is_head_of_features(name):
+    """The one model surface: forward(x) == forward_head(forward_features(x))."""
+    torch.manual_seed(0)
+    model = create_at(name, 32, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
+
+
+STEM_ADAPTED = [s.name for s in ZOO if s.small is not None]
+
+
+@pytest.mark.parametrize("name", STEM_ADAPTED)
+def test_small_input_keeps_spatial_maps(name):
+    """At 32x32 the adapted CNNs end on maps of at least 2x2, where the ImageNet stems
+    leave 1x1 maps or fail (shapes only: the meta device does no arithmetic)."""
+    x = torch.zeros(2, 3, 32, 32, device="meta")
+    with torch.device("meta"):
+        adapted = create_at(name, 32).eval()
+        imagenet = create_at(name, native_size(name)).eval()
+    side = adapted.forward_features(x).shape[-1]
+    assert side >= 2
+    try:
+        assert imagenet.forward_features(x).shape[-1] < side
+    except RuntimeError:
+        pass  # the ImageNet network cannot even run at 32x32
+
+
+def test_token_models_use_small_patches_on_small_inputs():
+    with torch.device("meta"):
+        vit = create_model("vit_base_patch16_224", img_size=32)
+        mixer = create_model("mixer_s16_224", img_size=28)
+        native = create_model("vit_base_patch16_224")
+    assert vit.patch_embed.patch_size == (4, 4) and vit.patch_embed.num_patches == 64
+    assert mixer.stem.num_patches == 49
+    assert native.patch_embed.patch_size == (16, 16) and native.patch_embed.num_patches == 196
+
+
+def test_img_size_defaults_to_native_and_bad_kwargs_are_user_errors():
+    assert tuple(create_model("resnet18").conv1.kernel_size) == (7, 7)
+    assert tuple(create_model("resnet18", img_size=32).conv1.kernel_size) == (3, 3)
+    with pytest.raises(UserError, match="takes no argument"):
+        create_model("resnet18", no_such_option=1)
+
+
+# Parameters at 1,000 classes and the native size, as the libraries and papers publish them.
+PUBLISHED_PARAMS = {
+    "alexnet": (60_965_224, "Caffe bvlc_alexnet, the paper's two-GPU connectivity"),
+    "vgg11": (132_863_336, "torchvision"),
+    "vgg11_bn": (132_868_840, "torchvision"),
+    "vgg13": (133_047_848, "torchvision"),
+    "vgg13_bn": (133_053_736, "torchvision"),
+    "vgg16": (138_357_544, "torchvision"),
+    "vgg16_bn": (138_365_992, "torchvision"),
+    "vgg19": (143_667_240, "torchvision"),
+    "vgg19_bn": (143_678_248, "torchvision"),
+    "googlenet": (6_624_904, "torchvision"),
+    # torchvision's 27,161,264 includes the auxiliary classifier, which the zoo leaves out.
+    "inception_v3": (23_834_568, "torchvision inception_v3(aux_logits=False)"),
+    "resnet18": (11_689_512, "torchvision"),
+    "resnet34": (21_797_672, "torchvision"),
+    "resnext50_32x4d": (25_028_904, "torchvision"),
+    "densenet121": (7_978_856, "torchvision"),
+    "mobilenet_v1": (4_231_976, "Keras MobileNet (trainable parameters)"),
+    "mobilenet_v2": (3_504_872, "torchvision"),
+    "shufflenet_v2_x0_5": (1_366_792, "torchvision"),
+    "shufflenet_v2_x1_0": (2_278_604, "torchvision"),
+    "squeezenet1_0": (1_248_424, "torchvision"),
+    "squeezenet1_1": (1_235_496, "torchvision"),
+    "xception": (22_855_952, "Chollet 2017, table 3"),
+    "efficientnet_b0": (5_288_548, "torchvision"),
+    "efficientnetv2_s": (21_458_488, "torchvision efficientnet_v2_s"),
+    "vit_base_patch16_224": (86_567_656, "torchvision vit_b_16"),
+    # Our MlpMixer arguments must rebuild timm's registered models exactly.
+    "mixer_s16_224": (18_528_264, "timm"),
+    "mixer_b16_224": (59_880_472, "timm"),
+    "resmlp_12_224": (15_350_872, "timm"),
+    "gmlp_ti16_224": (5_867_328, "timm"),
+    "gmlp_s16_224": (19_422_656, "timm"),
+}
+# Rounded numbers from the papers (parameters, or MACs where marked), within 3%.
+PAPER_APPROX = {
+    "densenet40": ("params", 1.0e6, "Huang et al. 2017, table 2 (10 classes)"),
+    "shufflenet_v1": ("macs", 137e6, "Zhang et al. 2018, table 1 (1x, g=3)"),
+    "mobilenet_v1": ("macs", 569e6, "Howard et al. 2017"),
+    "mobilenet_v2": ("macs", 300e6, "Sandler et al. 2018"),
+    "shufflenet_v2_x1_0": ("macs", 146e6, "Ma et al. 2018"),
+    "googlenet": ("macs", 1.5e9, "Szegedy et al. 2015: a budget of 1.5 billion multiply-adds"),
+    "resnet18": ("macs", 1.8e9, "He et al. 2016, table 1"),
+    "resnet34": ("macs", 3.6e9, "He et al. 2016, table 1"),
+    "resnext50_32x4d": ("macs", 4.2e9, "Xie et al. 2017, table 1"),
+    "darknet53": ("macs", 18.7e9 / 2, "Redmon & Farhadi 2018, table 2 (18.7 billion operations)"),
+    "efficientnet_b0": ("macs", 0.39e9, "Tan & Le 2019"),
+    "vit_base_patch16_224": ("macs", 17.6e9, "Touvron et al. 2021 (DeiT-B)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_parameter_count_matches_published(name):
+    expected, source = PUBLISHED_PARAMS[name]
+    with torch.device("meta"):  # shapes only: VGG's 138M parameters cost no memory
+        model = create_model(name, num_classes=1000)
+    assert count_parameters(model) == expected, source
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_APPROX))
+def test_size_matches_paper(name):
+    kind, expected, source = PAPER_APPROX[name]
+    classes = 10 if name == "densenet40" else 1000
+    with torch.device("meta"):
+        model = create_model(name, num_classes=classes)
+    value = count_parameters(model) if kind == "params" else count_macs(model, native_size(name))
+    assert value == pytest.approx(expected, rel=0.03), source
+
+
+def test_every_zoo_model_has_meta_and_recipe():
+    for spec in ZOO:
+        meta = model_entry(spec.name).meta
+        assert meta["source"] in {"selfreg", "timm", "torchvision"}
+        assert meta["paper"] and meta["input_size"] >= 28 and meta["adapt"]
+        assert (REPO / meta["recipe"]).is_file(), meta["recipe"]
+
+
+def test_larger_variants_name_a_default_sibling_of_their_family():
+    for name, sibling in LARGER_VARIANT.items():
+        assert sibling not in LARGER_VARIANT
+        assert model_entry(name).meta["family"] == model_entry(sibling).meta["family"]
