@@ -23,7 +23,6 @@ from .. import __version__
 from ..analysis.complexity import count_parameters
 from ..config import Config, save_config
 from ..data import build_dataset, build_loaders
-from ..data.transforms import get_augmentation
 from ..registry import create_model
 from .checkpoint import save_checkpoint
 from .logging import MetricsCSV, plot_curves
@@ -50,14 +49,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler,
-                    device: torch.device, augment: Callable = lambda x, g: x,
-                    generator: torch.Generator | None = None) -> EpochStats:
+                    device: torch.device) -> EpochStats:
+    """One pass over `loader`, whose batches come out already augmented."""
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for images, labels in loader:
-        images = augment(images, generator).to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
@@ -107,13 +106,11 @@ def fit(cfg: Config, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(cfg.train.device)
 
     splits = build_dataset(cfg.data)
-    loaders = build_loaders(splits, cfg.data, seed=cfg.train.seed)
+    loaders = build_loaders(splits, cfg.data, seed=cfg.train.seed, device=device)
     model = create_model(cfg.model.name, num_classes=splits.num_classes, in_chans=splits.in_chans,
                          **cfg.model.kwargs).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, len(loaders["train"]), cfg.train.epochs)
-    augment = get_augmentation(cfg.data.augment)
-    aug_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
 
     run_dir = make_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
@@ -121,12 +118,15 @@ def fit(cfg: Config, log: Callable[[str], None] = print) -> dict:
     n_params = count_parameters(model)
     log(f"run {run_dir}: {cfg.model.name} ({n_params:,} parameters) on {cfg.data.name} "
         f"({len(splits.train)} train / {len(splits.val)} val), {cfg.train.epochs} epochs on {device}")
+    for note in splits.notes:
+        log(f"data: {note}")
 
     best_acc, best_epoch = -1.0, 0
     for epoch in range(1, cfg.train.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, loaders["train"], optimizer, scheduler, device, augment, aug_generator)
+        loaders["train"].set_epoch(epoch)
+        train = train_one_epoch(model, loaders["train"], optimizer, scheduler, device)
         val = evaluate(model, loaders["val"], device)
         seconds = time.perf_counter() - start
         metrics.append({"epoch": epoch, "lr": lr, "train_loss": train.loss, "train_acc": train.acc,
