@@ -90,7 +90,9 @@ class FastLoader:
                              rank=self.rank, world_size=self.world_size)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.indices()) / self.batch_size)
+        n = len(self.labels)
+        per_rank = math.ceil(n / self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
+        return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self):
         order = self.indices().to(self.device)
