@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -28,17 +28,44 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # Dataset builder (selfreg.data.DATASETS): digits, mnist, fashion_mnist, cifar10, cifar100,
+    # stl10, imagenette, imagenet, folder.
     name: str = "digits"
+    # Where the dataset's files live (for folder: the tree holding train/<class>/<image>).
     root: str = "data"
-    image_size: int = 32
+    # Let torchvision download missing files into root (mnist, cifar, stl10, imagenette).
+    download: bool = False
+    # Model input size; 0 = the dataset's native size (digits: 32, photo datasets: 224).
+    # A size other than the native one resizes after augmentation (e.g. 224 for zoo models on CIFAR).
+    image_size: int = 0
+    # Imagenette variant: full, 320 or 160.
+    size: str = "full"
+    # Input channels: auto (the dataset's), 1 (RGB->grey) or 3 (grey->RGB).
+    channels: str = "auto"
+    # The global batch: split over torchrun's processes, so a recipe means the same on any count.
     batch_size: int = 64
     eval_batch_size: int = 256
-    # Fraction of train held out for validation when a dataset has no official val split.
-    val_fraction: float = 0.2
+    # Validation holdout carved from train when the dataset has no official val split:
+    # a fraction in (0, 1) or a count >= 1; null = the dataset's default (CIFAR/MNIST 5000,
+    # STL-10 and digits 0.2, folder 0.1).
+    val_fraction: Optional[float] = None
     split_seed: int = 0
+    # Train on a fixed-seed random subset of this many training images; 0 = all.
+    subset: int = 0
+    # Load the test split (training runs then evaluate it once at the end); `selfreg eval` sets it.
+    eval_test: bool = False
     num_workers: int = 0
-    # Training augmentation preset: "none" or "cifar" (pad 4, random crop, flip).
-    augment: str = "none"
+    # Augmentation presets in order (selfreg.data.transforms.AUGMENTATIONS): auto (the dataset's
+    # recipe), none, cifar, shift, stl10, flip, imagenet, lighting, randaugment.
+    augment: list[str] = field(default_factory=lambda: ["auto"])
+    # auto (fast for in-memory datasets), fast (uint8 tensors on the device) or torch (DataLoader).
+    loader: str = "auto"
+    # folder: decode every image once into a uint8 cache and train from memory.
+    cache: bool = False
+    # Where decoded caches go; empty = $SELFREG_CACHE_DIR or ~/.cache/selfreg.
+    cache_dir: str = ""
+    # folder: skip unreadable image files (counted in the run log) instead of stopping.
+    skip_bad: bool = False
 
 
 @dataclass

@@ -1,42 +1,213 @@
 """Dataset builders, registered by name.
 
-A builder takes the `DataConfig` and returns `DataSplits`: train / val / test
-datasets yielding `(image_tensor, label)`, the class names, the channel count,
-the native image size and the normalisation statistics.
+    splits = build_dataset(cfg.data)      # DataSplits: train / val / test, classes, stats, pipelines
+
+A builder returns `Raw`: the images of each split as stored (uint8 CHW, in memory
+or as files), the class names, channel count, native size and statistics. The
+shared code here then carves a validation split where the dataset has none,
+takes a training subset, picks the channel count and builds the train / eval
+pipelines. Datasets whose files are missing fail in one line naming the folder
+looked at and `data.download=true`; parsing and downloading use torchvision's
+own dataset classes.
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..errors import UserError
 from ..registry import Registry
+from . import images as img
+from .cache import cache_dir, hash_files, hash_listing, load_or_build
+from .transforms import (AUGMENTATIONS, STATS, Context, Pipeline, build_pipelines, convert_stats, image_stats,
+                         mix_seed, presets_fix_size, seeded)
 
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset (data.name)")
+
+
+# ---------------------------------------------------------------------------------------
+# Split datasets
+
+class TensorImages(Dataset):
+    """uint8 (N, C, H, W) images and int64 labels held in memory: what the fast loader serves."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        assert images.dtype == torch.uint8 and images.ndim == 4, "images must be uint8 NCHW"
+        self.images, self.labels = images, labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+    def select(self, idx: torch.Tensor) -> "TensorImages":
+        return TensorImages(self.images[idx], self.labels[idx])
+
+
+class FileImages(Dataset):
+    """Image files decoded on access (large datasets), with their labels."""
+
+    def __init__(self, files: Sequence[str], labels: Sequence[int], decode: Callable[[str], torch.Tensor]):
+        self.files, self.labels, self.decode = list(files), list(labels), decode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.decode(self.files[i]), self.labels[i]
+
+    def select(self, idx: torch.Tensor) -> "FileImages":
+        return FileImages([self.files[i] for i in idx.tolist()], [self.labels[i] for i in idx.tolist()],
+                          self.decode)
+
+
+class Transformed(Dataset):
+    """A split as the model sees it: `base` images through `transform`.
+
+    Random stages run under a seed made of (seed, epoch, index), so a sample's
+    augmentation depends neither on the worker that loads it nor on the training
+    loop's RNG, and `set_epoch` replays any epoch exactly.
+    """
+
+    def __init__(self, base: Dataset, transform: Pipeline, seed: int = 0):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        if not self.transform.random:
+            return self.transform(image), label
+        with seeded(mix_seed(self.seed, self.epoch, i)):
+            return self.transform(image), label
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def select(ds: Dataset, idx: torch.Tensor) -> Dataset:
+    return ds.select(idx) if hasattr(ds, "select") else Subset(ds, idx.tolist())
 
 
 @dataclass
 class DataSplits:
+    """What a run needs from a dataset. Items are (float32 normalised CHW, int label)."""
     train: Dataset
     val: Dataset
     test: Dataset | None
     classes: list[str]
     in_chans: int
-    image_size: int
+    image_size: int | tuple[int, int]
     mean: Sequence[float] = field(default_factory=list)
     std: Sequence[float] = field(default_factory=list)
+    # Per-image reference pipelines (uint8 CHW in, model input out); `.batch` is the batched twin.
+    train_transform: Pipeline | None = None
+    eval_transform: Pipeline | None = None
+    # True when every split is a uint8 tensor in memory, so the fast loader can serve it.
+    in_memory: bool = False
+    # Bad image files skipped under data.skip_bad (also listed in `notes`).
+    skipped: int = 0
+    # Lines for the run log: conversions, skipped files, cache use.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def build_dataset(cfg) -> DataSplits:
-    """Build the dataset named by `cfg.name` (a `DataConfig`)."""
-    return DATASETS.get(cfg.name)(cfg)
+@dataclass
+class Raw:
+    """A builder's result: splits as stored (uint8 CHW items), before pipelines."""
+    train: Dataset
+    val: Dataset | None                     # None: carve from train
+    test: Dataset | None
+    classes: list[str]
+    channels: int
+    size: tuple[int, int] | None            # None: images vary in size
+    mean: Sequence[float] | None = None     # None: computed on the train split
+    std: Sequence[float] | None = None
+    val_default: float = 0.2                # data.val_fraction when the config leaves it null
+    notes: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# The shared part of every build
+
+def build_dataset(cfg, *, with_test: bool | None = None) -> DataSplits:
+    """Build the dataset named by `cfg.name` (a `DataConfig`).
+
+    The test split is loaded only when `with_test` is true, or when it is None and
+    `cfg.eval_test` is set: training runs tune on val and never look at test.
+    """
+    with_test = cfg.eval_test if with_test is None else with_test
+    entry = DATASETS.entry(cfg.name)
+    # Check the cheap options before a builder spends seconds decoding.
+    presets = resolve_augment(cfg.augment, entry.meta.get("augment", ["none"]))
+    wanted_channels = resolve_channels(cfg.channels)
+    if cfg.image_size < 0:
+        raise UserError(f"data.image_size must be 0 (native) or a positive size, got {cfg.image_size}")
+    raw = entry.fn(cfg, with_test=with_test, presets=presets)
+
+    train, val = raw.train, raw.val
+    if val is None:
+        holdout = holdout_count(len(train), raw.val_default if cfg.val_fraction is None else cfg.val_fraction)
+        rest, val_idx = split_indices(len(train), holdout, cfg.split_seed)
+        train, val = select(train, rest), select(train, val_idx)
+    if cfg.subset:
+        train = take_subset(train, cfg.subset, cfg.split_seed)
+
+    channels = wanted_channels or raw.channels
+    mean, std = (raw.mean, raw.std) if raw.mean is not None else train_stats(train)
+    mean, std = convert_stats(mean, std, channels)
+    target = resolve_size(cfg.image_size, raw.size)
+    pipes = build_pipelines(presets, Context(raw.size, target, raw.channels, channels), mean, std)
+    test = raw.test if with_test else None
+    notes = raw.notes + [f"train pipeline: {pipes.train}", f"eval pipeline: {pipes.eval}"]
+    return DataSplits(
+        Transformed(train, pipes.train), Transformed(val, pipes.eval),
+        Transformed(test, pipes.eval) if test is not None else None,
+        classes=list(raw.classes), in_chans=channels, image_size=target[0] if target[0] == target[1] else target,
+        mean=mean, std=std, train_transform=pipes.train, eval_transform=pipes.eval,
+        in_memory=all(isinstance(d, TensorImages) for d in (train, val, test) if d is not None),
+        skipped=raw.skipped, notes=notes)
+
+
+def resolve_augment(names: Sequence[str], default: Sequence[str]) -> list[str]:
+    """`data.augment` names in order, checked; "auto" stands for the dataset's own recipe."""
+    out: list[str] = []
+    for name in names:
+        out.extend(default if name == "auto" else [name])
+    for name in out:
+        AUGMENTATIONS.entry(name)                  # unknown name -> UserError listing the valid ones
+    return out or ["none"]
+
+
+CHANNELS = {"auto": None, "1": 1, "3": 3}
+
+
+def resolve_channels(wanted: str) -> int | None:
+    """data.channels as a count, or None to keep the dataset's."""
+    if str(wanted) not in CHANNELS:
+        raise UserError(f"data.channels must be auto, 1 or 3, got {wanted!r}")
+    return CHANNELS[str(wanted)]
+
+
+def resolve_size(image_size: int, native: tuple[int, int] | None) -> tuple[int, int]:
+    """The model's input size: data.image_size, else the native size, else 224 for photos."""
+    if image_size:
+        return (image_size, image_size)
+    return native if native is not None else (224, 224)
 
 
 def split_indices(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,35 +217,426 @@ def split_indices(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.
 
 
 def holdout_count(n: int, fraction_or_count: float) -> int:
-    """A fraction in (0, 1) of n, or an absolute count when >= 1."""
-    if fraction_or_count >= 1:
-        return min(int(fraction_or_count), n - 1)
-    return int(round(n * fraction_or_count))
+    """A fraction in (0, 1) of n, or an absolute count when >= 1; must leave training images."""
+    if not isinstance(fraction_or_count, (int, float)) or isinstance(fraction_or_count, bool) \
+            or fraction_or_count <= 0:
+        raise UserError(f"data.val_fraction must be a fraction in (0, 1) or a count >= 1, got {fraction_or_count!r}")
+    count = int(fraction_or_count) if fraction_or_count >= 1 else int(round(n * fraction_or_count))
+    if not 1 <= count < n:
+        raise UserError(f"data.val_fraction={fraction_or_count} holds out {count} of {n} training images; "
+                        "choose a value that leaves both splits non-empty")
+    return count
 
 
-@DATASETS.register("digits", paper="scikit-learn's copy of the UCI optical digits (8x8, 1,797 images)")
-def digits(cfg) -> DataSplits:
-    """scikit-learn's bundled 8x8 digits, upsampled (bilinear) to `image_size`. No download.
+def take_subset(train: Dataset, size: int, seed: int) -> Dataset:
+    """A fixed-seed random `size` of train (data.subset), for quick runs."""
+    if size < 0 or size > len(train):
+        raise UserError(f"data.subset={size} but the train split has {len(train)} images; "
+                        f"use 0 (all) or at most {len(train)}")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(mix_seed(seed, 1)))
+    return select(train, perm[:size].sort().values)
+
+
+def train_stats(train: Dataset, sample: int = 1000) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of train: exact in memory, else from a fixed sample of images."""
+    if isinstance(train, TensorImages):
+        return image_stats(train.images)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:sample]
+    total = total_sq = 0.0
+    count = 0
+    for i in idx.tolist():
+        x = train[i][0].to(torch.float64).div(255).flatten(1)              # (C, H*W)
+        total, total_sq, count = total + x.sum(1), total_sq + (x * x).sum(1), count + x.shape[1]
+    mean = total / count
+    return mean.tolist(), (total_sq / count - mean * mean).clamp_min(0).sqrt().tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# digits: bundled with scikit-learn, the offline default
+
+@DATASETS.register("digits", augment=["none"],
+                   paper="scikit-learn's copy of the UCI optical digits (8x8, 1,797 images)")
+def digits(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+    """scikit-learn's bundled 8x8 digits, upsampled (bilinear) to `image_size` (default 32). No download.
 
     There is no official split: a fixed 20% test split (seed 0, independent of
-    `split_seed`) is set aside first, then `val_fraction` of the rest is held out
-    for validation with `split_seed`.
+    `split_seed`) is set aside first; val is carved from the rest (default 20%).
+    Upsampling happens here, before augmentation, so a 2-pixel shift means the
+    same at 32 px as in the demo recipe. No disk cache: the 60 KB CSV parses in
+    milliseconds, faster than a cache file would load.
     """
     from sklearn.datasets import load_digits
 
+    size = cfg.image_size or 32
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0   # (N, 1, 8, 8) in [0, 1]
-    if cfg.image_size != 8:
-        images = F.interpolate(images, size=(cfg.image_size, cfg.image_size), mode="bilinear",
-                               align_corners=False).clamp_(0, 1)
+    if size != 8:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = images.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     labels = torch.tensor(bunch.target, dtype=torch.long)
     rest, test_idx = split_indices(len(labels), holdout_count(len(labels), 0.2), seed=0)
-    order, val_pos = split_indices(len(rest), holdout_count(len(rest), cfg.val_fraction), cfg.split_seed)
-    train_idx, val_idx = rest[order], rest[val_pos]
-    mean = images[train_idx].mean().item()
-    std = images[train_idx].std().item()
-    images = (images - mean) / std
-    make = lambda idx: TensorDataset(images[idx], labels[idx])  # noqa: E731
-    return DataSplits(make(train_idx), make(val_idx), make(test_idx),
-                      classes=[str(c) for c in bunch.target_names], in_chans=1,
-                      image_size=cfg.image_size, mean=[mean], std=[std])
+    return Raw(TensorImages(images[rest], labels[rest]), None, TensorImages(images[test_idx], labels[test_idx]),
+               classes=[str(c) for c in bunch.target_names], channels=1, size=(size, size), val_default=0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# Array datasets parsed by torchvision, cached as uint8 tensors
+
+@dataclass
+class ArraySpec:
+    """Where a torchvision dataset lives under data.root and how to turn it into tensors."""
+    folder: Callable[[Path], Path]              # the folder torchvision reads
+    required: list[str]                         # files torchvision insists on (checked before it runs)
+    hashed: list[str]                           # files whose bytes key the cache (the ones we read)
+    load: Callable[[Path, bool], dict]          # (root, download) -> {train_images, ..., classes}
+
+
+def _cifar_spec(cls) -> ArraySpec:
+    names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    return ArraySpec(lambda root: root / cls.base_folder, names, names, lambda root, dl: _load_cifar(cls, root, dl))
+
+
+def _load_cifar(cls, root: Path, download: bool) -> dict:
+    train, test = cls(str(root), train=True, download=download), cls(str(root), train=False)
+    chw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731 (HWC -> CHW)
+    return {"train_images": chw(train.data), "train_labels": torch.tensor(train.targets),
+            "test_images": chw(test.data), "test_labels": torch.tensor(test.targets), "classes": train.classes}
+
+
+def _mnist_spec(cls) -> ArraySpec:
+    names = [Path(url).stem for url, _ in cls.resources]          # the unpacked idx files
+    return ArraySpec(lambda root: root / cls.__name__ / "raw", names, names,
+                     lambda root, dl: _load_mnist(cls, root, dl))
+
+
+def _load_mnist(cls, root: Path, download: bool) -> dict:
+    train, test = cls(str(root), train=True, download=download), cls(str(root), train=False)
+    return {"train_images": train.data[:, None].contiguous(), "train_labels": train.targets,
+            "test_images": test.data[:, None].contiguous(), "test_labels": test.targets,
+            "classes": list(cls.classes)}
+
+
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def _stl10_spec() -> ArraySpec:
+    from torchvision.datasets import STL10
+
+    required = [f for f, _ in STL10.train_list + STL10.test_list]
+    labelled = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]   # not the 2.5 GB unlabeled_X.bin
+    return ArraySpec(lambda root: root / STL10.base_folder, required, labelled, _load_stl10)
+
+
+def _load_stl10(root: Path, download: bool) -> dict:
+    from torchvision.datasets import STL10
+
+    train, test = STL10(str(root), split="train", download=download), STL10(str(root), split="test")
+    return {"train_images": torch.from_numpy(train.data).contiguous(), "train_labels": torch.from_numpy(train.labels),
+            "test_images": torch.from_numpy(test.data).contiguous(), "test_labels": torch.from_numpy(test.labels),
+            "classes": list(getattr(train, "classes", STL10_CLASSES))}
+
+
+def array_dataset(cfg, name: str, spec: ArraySpec) -> tuple[dict, list[str]]:
+    """The dataset's tensors from the cache, or parsed by torchvision (downloading if asked) and cached."""
+    root = Path(cfg.root).expanduser()
+    folder = spec.folder(root)
+    missing = [f for f in spec.required if not (folder / f).is_file()]
+    if missing and not cfg.download:
+        raise UserError(f"{name} not found: looked for {folder / missing[0]}; pass data.download=true to "
+                        f"download it there, or set data.root to the folder that holds {folder.relative_to(root)}/")
+    if missing:
+        _torchvision_call(name, folder, lambda: spec.load(root, True))
+    key = hash_files([folder / f for f in spec.hashed], name)
+    path = cache_dir(cfg) / f"{name}-{key}.pt"
+    notes: list[str] = []
+    data, cached = load_or_build(path, lambda: _torchvision_call(name, folder, lambda: spec.load(root, False)),
+                                 notes.append)
+    notes.append(f"{name}: {'loaded uint8 cache' if cached else 'decoded into cache'} {path}")
+    return data, notes
+
+
+def _torchvision_call(name: str, folder: Path, fn: Callable[[], dict]) -> dict:
+    """Run torchvision's loader; its integrity failures become one-line user errors."""
+    try:
+        return fn()
+    except RuntimeError as exc:
+        raise UserError(f"{name} files in {folder} failed torchvision's check ({exc}); delete them and pass "
+                        "data.download=true") from None
+
+
+def _array_builder(name: str, spec_fn: Callable[[], ArraySpec], stats_name: str, val_default: float):
+    def build(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+        data, notes = array_dataset(cfg, name, spec_fn())
+        images = data["train_images"]
+        mean, std = STATS[stats_name]
+        test = TensorImages(data["test_images"], data["test_labels"]) if with_test else None
+        return Raw(TensorImages(images, data["train_labels"]), None, test, classes=list(data["classes"]),
+                   channels=images.shape[1], size=tuple(images.shape[-2:]), mean=mean, std=std,
+                   val_default=val_default, notes=notes)
+    build.__doc__ = f"{name}: torchvision's parser, uint8 cache, val carved from train (default {val_default:g})."
+    return build
+
+
+def _register_arrays() -> None:
+    from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST
+
+    # (name, spec, stats, default val holdout, default augmentation, source)
+    table = [
+        ("mnist", lambda: _mnist_spec(MNIST), "mnist", 5000, ["none"], "LeCun et al. 1998; 60k/10k 28x28 grey"),
+        ("fashion_mnist", lambda: _mnist_spec(FashionMNIST), "fashion_mnist", 5000, ["none"],
+         "Xiao et al. 2017; 60k/10k 28x28 grey"),
+        ("cifar10", lambda: _cifar_spec(CIFAR10), "cifar10", 5000, ["cifar"], "Krizhevsky 2009; 50k/10k 32x32"),
+        ("cifar100", lambda: _cifar_spec(CIFAR100), "cifar100", 5000, ["cifar"], "Krizhevsky 2009; 50k/10k 32x32"),
+        ("stl10", _stl10_spec, "stl10", 0.2, ["stl10"], "Coates et al. 2011; 5k labelled/8k test 96x96"),
+    ]
+    for name, spec, stats, val, augment, source in table:
+        DATASETS.add(name, _array_builder(name, spec, stats, val), augment=augment, paper=source)
+
+
+_register_arrays()
+
+
+# ---------------------------------------------------------------------------------------
+# Photo datasets decoded per image: imagenette, imagenet
+
+IMAGENETTE_SIZES = {"full": "full", "320": "320px", "320px": "320px", "160": "160px", "160px": "160px"}
+IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
+
+
+@DATASETS.register("imagenette", augment=["imagenet"],
+                   paper="fast.ai's 10-class ImageNet subset (torchvision.datasets.Imagenette)")
+def imagenette(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+    """torchvision's Imagenette at data.size full / 320 / 160; its official val split is val; no test."""
+    from torchvision.datasets import Imagenette
+
+    if str(cfg.size) not in IMAGENETTE_SIZES:
+        raise UserError(f"data.size must be one of full, 320, 160 for imagenette, got {cfg.size!r}")
+    size = IMAGENETTE_SIZES[str(cfg.size)]
+    root = Path(cfg.root).expanduser()
+    folder = root / IMAGENETTE_FOLDERS[size]
+    if not folder.is_dir() and not cfg.download:
+        raise UserError(f"imagenette not found: looked for {folder}; pass data.download=true to download it there")
+    decode = img.FileDecoder(3, None)
+    train = Imagenette(str(root), split="train", size=size, download=cfg.download, loader=decode)
+    val = Imagenette(str(root), split="val", size=size, loader=decode)
+    mean, std = STATS["imagenet"]
+    return Raw(train, val, None, classes=[names[0] for names in train.classes], channels=3, size=None,
+               mean=mean, std=std, notes=["imagenette: no test split; val is the official validation set"])
+
+
+@DATASETS.register("imagenet", augment=["imagenet"],
+                   paper="ILSVRC-2012, standard train/ and val/ class folders")
+def imagenet(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+    """ILSVRC-2012 in the usual `root/{train,val}/<wnid>/*.JPEG` layout; val is the official val, no test.
+
+    Not scanned for bad files (1.28M images; the official set is clean); grey and CMYK
+    JPEGs are converted to RGB as they load.
+    """
+    root = Path(cfg.root).expanduser()
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise UserError(f"imagenet not found: looked for {root / split}; ImageNet cannot be downloaded "
+                            "automatically (licence): put the ILSVRC-2012 train/ and val/ class folders under data.root")
+    train = img.list_images(root / "train")
+    val = img.list_images(root / "val", train.classes)
+    decode = img.FileDecoder(3, None)
+    mean, std = STATS["imagenet"]
+    return Raw(FileImages(train.files, train.labels, decode), FileImages(val.files, val.labels, decode), None,
+               classes=train.classes, channels=3, size=None, mean=mean, std=std,
+               notes=_ignored_notes([train, val]))
+
+
+# ---------------------------------------------------------------------------------------
+# folder: any ImageFolder tree, the dataset most users have
+
+SPLITS = ("train", "val", "test")
+
+
+@DATASETS.register("folder", augment=["none"],
+                   paper="any root/<split>/<class>/<image> tree (torchvision ImageFolder layout)")
+def folder(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+    """`root/train/<class>/*` (+ optional val/, test/); without val/, val is carved from train (default 10%).
+
+    Grey, RGBA, palette and 16-bit images are converted (to RGB when any image is
+    colour); images whose size differs from the most common one are resized to it
+    (unless the augmentation crops every image to size itself, e.g. `imagenet`).
+    Bad files (not images, truncated, corrupt, empty) stop the run with one line
+    listing them all, or are skipped and counted with `data.skip_bad=true`.
+    With `data.cache=true` every image is decoded once into a uint8 cache.
+    """
+    listings, notes = _folder_listings(Path(cfg.root).expanduser(), with_test)
+    if cfg.download:
+        notes.append("data.download=true has no effect on the folder dataset (nothing to download)")
+    build = _cached_folder if cfg.cache else _file_folder
+    return build(cfg, listings, notes, keep_sizes=presets_fix_size(presets) and not cfg.cache)
+
+
+def _folder_listings(root: Path, with_test: bool) -> tuple[dict[str, img.Listing], list[str]]:
+    if not root.is_dir():
+        raise UserError(f"folder dataset: {root} does not exist; set data.root to a folder holding "
+                        "train/<class>/<image> (the ImageFolder layout)")
+    notes = []
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        train_dir = root
+        notes.append(f"folder: no {root / 'train'}; using {root}/<class>/ as the train split")
+    listings = {"train": img.list_images(train_dir)}
+    for split in ("val", "test") if with_test else ("val",):
+        if (root / split).is_dir():
+            listings[split] = img.list_images(root / split, listings["train"].classes)
+    return listings, notes + _ignored_notes(listings.values())
+
+
+def _ignored_notes(listings) -> list[str]:
+    ignored = [p for listing in listings for p in listing.ignored]
+    if not ignored:
+        return []
+    return [f"ignored {len(ignored)} file(s) without an image extension, e.g. {', '.join(ignored[:3])}"]
+
+
+def _check_bad(bad: list[tuple[str, str]], skip: bool) -> list[str]:
+    """Stop with every bad path in one line, or (data.skip_bad) return the note that counts them."""
+    if not bad:
+        return []
+    listed = "; ".join(f"{path} ({why})" for path, why in bad)
+    if not skip:
+        raise UserError(f"{len(bad)} bad image file(s): {listed}; fix or remove them, "
+                        "or pass data.skip_bad=true to skip them")
+    shown = "; ".join(f"{path} ({why})" for path, why in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return [f"skipped {len(bad)} bad image file(s) (data.skip_bad=true): {shown}{more}"]
+
+
+def _folder_shape(probes: list[img.Probe], keep_sizes: bool) -> tuple[int, tuple[int, int] | None, list[str]]:
+    """Channels (3 if any image is colour), target size (most common) and notes on conversions."""
+    good = [p for p in probes if p.error is None]
+    channels = 1 if all(p.grey for p in good) else 3
+    sizes = Counter(p.size for p in good)
+    size = sizes.most_common(1)[0][0]
+    notes = []
+    converted = Counter(p.mode for p in good if p.mode not in ({"L"} if channels == 1 else {"RGB"}))
+    if converted:
+        modes = ", ".join(f"{m}: {n}" for m, n in sorted(converted.items()))
+        notes.append(f"converted {sum(converted.values())} image(s) to {'grey' if channels == 1 else 'RGB'} "
+                     f"(from {modes})")
+    others = len(good) - sizes[size]
+    if others and keep_sizes:
+        notes.append(f"image sizes vary ({len(sizes)} sizes); the augmentation crops them to the input size")
+        return channels, None, notes
+    if others:
+        notes.append(f"resized {others} image(s) of other sizes to the most common {size[0]}x{size[1]}")
+    return channels, size, notes
+
+
+def _split_good(listing: img.Listing, probes: list[img.Probe], where: str) -> tuple[list[int], list]:
+    """Indices of usable files; a class left without any after skipping is an error."""
+    keep = [i for i, p in enumerate(probes) if p.error is None]
+    left = Counter(listing.labels[i] for i in keep)
+    emptied = [listing.classes[c] for c in sorted(set(listing.labels)) if left[c] == 0]
+    if emptied:
+        raise UserError(f"after skipping bad files, class folder(s) {', '.join(emptied)} in {where} have no "
+                        "images; fix the files or remove the folder(s)")
+    return keep, [(listing.files[i], p.error) for i, p in enumerate(probes) if p.error is not None]
+
+
+def _file_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_sizes: bool) -> Raw:
+    """Decode per image at load time, after a (cached) header scan for bad files."""
+    probes = {split: _scan(cfg, listing, notes) for split, listing in listings.items()}
+
+    def make(split: str, keep: list[int], channels: int, size) -> Dataset:
+        listing = listings[split]
+        return FileImages([listing.files[i] for i in keep], [listing.labels[i] for i in keep],
+                          img.FileDecoder(channels, size))
+    return _assemble(cfg, listings, probes, notes, keep_sizes, make)
+
+
+def _cached_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_sizes: bool) -> Raw:
+    """Decode every image once into a uint8 cache keyed by the files' bytes; serve from memory."""
+    root = Path(cfg.root).expanduser()
+    files = [f for listing in listings.values() for f in listing.files]
+    key = hash_files(files, "folder", sorted(listings), root=root)
+    path = cache_dir(cfg) / f"folder-{key}.pt"
+    cached, hit = load_or_build(path, lambda: _decode_folder(cfg, listings), notes.append)
+    notes.append(f"folder: {'loaded uint8 cache' if hit else 'decoded into cache'} {path}")
+    probes = _probes_from_json(cached["probes"])
+
+    def make(split: str, keep: list[int], channels: int, size) -> Dataset:
+        # The cache holds exactly the good files, converted with the same channels and size.
+        return TensorImages(cached["images"][split], cached["labels"][split])
+    return _assemble(cfg, listings, probes, notes, False, make)
+
+
+def _decode_folder(cfg, listings: dict[str, img.Listing]) -> dict:
+    """Full decode of every file (DataLoader workers when data.num_workers > 0), stacked per split."""
+    decoded = {s: _decode_all(listing.files, cfg.num_workers) for s, listing in listings.items()}
+    all_probes = [p for pairs in decoded.values() for p, _ in pairs]
+    if all(p.error is not None for p in all_probes):
+        raise UserError(f"no readable images under {cfg.root}; check data.root")
+    channels, size, _ = _folder_shape(all_probes, keep_sizes=False)
+    out = {"images": {}, "labels": {}}
+    for split, pairs in decoded.items():
+        keep = [i for i, (p, _) in enumerate(pairs) if p.error is None]
+        stack = torch.empty((len(keep), channels, *size), dtype=torch.uint8)
+        for row, i in enumerate(keep):
+            stack[row] = img.to_tensor(pairs[i][1], channels, size)
+        out["images"][split] = stack
+        out["labels"][split] = torch.tensor([listings[split].labels[i] for i in keep], dtype=torch.int64)
+    out["probes"] = _probes_to_json({split: [p for p, _ in pairs] for split, pairs in decoded.items()})
+    return out
+
+
+def _decode_all(files: list[str], workers: int) -> list[tuple[img.Probe, np.ndarray | None]]:
+    loader = DataLoader(_Mapped(files, img.probe_full), batch_size=256, num_workers=workers, collate_fn=list)
+    return [item for batch in loader for item in batch]
+
+
+class _Mapped(Dataset):
+    """fn over a list, so DataLoader workers can share decoding and scanning."""
+
+    def __init__(self, items: list, fn: Callable):
+        self.items, self.fn = items, fn
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.fn(self.items[i])
+
+
+def _scan(cfg, listing: img.Listing, notes: list[str]) -> list[img.Probe]:
+    """Header + end-marker probe of every file, cached by the listing's paths, sizes and mtimes."""
+    key = hash_listing(listing.files, "scan", root=listing.root)
+    path = cache_dir(cfg) / f"folder-scan-{key}.pt"
+
+    def build() -> dict:
+        loader = DataLoader(_Mapped(listing.files, img.probe), batch_size=256, num_workers=cfg.num_workers,
+                            collate_fn=list)
+        return {"probes": _probes_to_json({"scan": [p for batch in loader for p in batch]})}
+    data, _ = load_or_build(path, build, notes.append)
+    return _probes_from_json(data["probes"])["scan"]
+
+
+def _probes_to_json(probes: dict[str, list[img.Probe]]) -> str:
+    """Probes as one JSON string: torch's weights-only unpickler takes ~20 us per small object,
+    a second for 50k tuples, but loads one string at once."""
+    return json.dumps({s: [[p.size, p.mode, p.error] for p in ps] for s, ps in probes.items()})
+
+
+def _probes_from_json(text: str) -> dict[str, list[img.Probe]]:
+    return {s: [img.Probe(tuple(size) if size else None, mode, error) for size, mode, error in rows]
+            for s, rows in json.loads(text).items()}
+
+
+def _assemble(cfg, listings: dict[str, img.Listing], probes: dict[str, list[img.Probe]], notes: list[str],
+              keep_sizes: bool, make: Callable[[str, list[int], int, tuple | None], Dataset]) -> Raw:
+    """Bad-file policy, channel/size choice and split datasets, shared by both folder paths."""
+    bad: list[tuple[str, str]] = []
+    keeps = {}
+    for split, listing in listings.items():
+        keeps[split], split_bad = _split_good(listing, probes[split], str(listing.root))
+        bad += split_bad
+    notes = notes + _check_bad(bad, cfg.skip_bad)
+    channels, size, shape_notes = _folder_shape([p for ps in probes.values() for p in ps], keep_sizes)
+    splits = {s: make(s, keeps[s], channels, size) for s in listings}
+    return Raw(splits["train"], splits.get("val"), splits.get("test"), classes=listings["train"].classes,
+               channels=channels, size=size, val_default=0.1, notes=notes + shape_notes, skipped=len(bad))

@@ -1,32 +1,138 @@
-"""DataLoader wiring (interim: the data issue replaces this with the full loaders)."""
+"""Loaders: torchvision's DataLoader for files, a tensor-resident fast loader for small sets.
+
+    loaders = build_loaders(splits, cfg.data, seed, device=device, rank=rank, world_size=world)
+    for epoch in range(start, epochs):
+        loaders["train"].set_epoch(epoch)          # shuffle and augmentation from seed + epoch
+        for images, labels in loaders["train"]:    # float32 normalised NCHW on `device`, int64
+
+Both kinds give the same interface: `len()` is batches per epoch, iteration
+yields batches already on `device` and (train) already augmented, and
+`set_epoch` makes epoch k identical whether or not the run was resumed.
+
+The fast loader keeps uint8 images on `device` (the GPU when training there) and
+runs crop / flip / normalise on whole batches: no per-image Python, no PIL, no
+worker processes. It shards exactly as DistributedSampler does.
+"""
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from .datasets import DataSplits
-from .transforms import get_augmentation
+from ..errors import UserError
+from .datasets import DataSplits, Transformed
+from .transforms import Pipeline, mix_seed
 
 
-class TrainLoader:
-    """Seeded shuffle + batch augmentation, reseeded by `set_epoch` (exact resume)."""
+def build_loaders(splits: DataSplits, cfg, seed: int, *, device: torch.device = torch.device("cpu"),
+                  rank: int = 0, world_size: int = 1) -> dict:
+    """"train" (shuffled, augmented, set_epoch), "val" and, when the splits have one, "test".
 
-    def __init__(self, dataset, cfg, seed: int, rank: int = 0, world_size: int = 1):
-        self.seed = seed
-        self.augment = get_augmentation(cfg.augment)
-        # The sampler owns its generator: DataLoader draws a worker seed from its own, which
-        # would otherwise shift the permutation away from DistributedSampler's randperm(seed + epoch).
-        self.generator = torch.Generator()
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=seed) if world_size > 1 else RandomSampler(dataset, generator=self.generator)
-        self.loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=self.sampler,
-                                 num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(seed))
-        self.aug_generator = torch.Generator()
-        self.set_epoch(1)
+    With world_size > 1 each rank's train loader gets a disjoint 1/world_size share
+    of the epoch (padded so every rank runs the same number of steps); val/test are
+    sharded as indices[rank::world_size] without padding, so no sample counts twice.
+    """
+    make = LOADERS[choose_loader(cfg.loader, splits)]
+    device = torch.device(device)
+    # data.batch_size is the global batch, so a recipe trains the same on 1 or K processes.
+    if cfg.batch_size % world_size:
+        raise UserError(f"data.batch_size={cfg.batch_size} must divide by the {world_size} processes")
+    common = dict(seed=seed, device=device, rank=rank, world_size=world_size, num_workers=cfg.num_workers)
+    loaders = {"train": make(splits.train, cfg.batch_size // world_size, shuffle=True, **common),
+               "val": make(splits.val, cfg.eval_batch_size, shuffle=False, **common)}
+    if splits.test is not None:
+        loaders["test"] = make(splits.test, cfg.eval_batch_size, shuffle=False, **common)
+    return loaders
+
+
+def choose_loader(name: str, splits: DataSplits) -> str:
+    """data.loader: "auto" is "fast" for in-memory datasets and "torch" otherwise."""
+    choices = {"auto": "fast" if splits.in_memory else "torch", "fast": "fast", "torch": "torch"}
+    if name not in choices:
+        raise UserError(f"data.loader must be one of {', '.join(choices)}, got {name!r}")
+    if choices[name] == "fast" and not splits.in_memory:
+        raise UserError("data.loader=fast needs a dataset held in memory (digits, mnist, fashion_mnist, cifar10, "
+                        "cifar100, stl10, or folder with data.cache=true); use data.loader=auto")
+    return choices[name]
+
+
+def shard_indices(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's indices for one epoch, exactly as DistributedSampler(drop_last=False) picks them.
+
+    Shuffled: one permutation from seed + epoch shared by all ranks, padded by wrapping
+    around to a multiple of world_size, then every world_size-th index. Unshuffled
+    (val/test): range(rank, n, world_size), no padding.
+    """
+    if not shuffle:
+        return torch.arange(rank, n, world_size)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    total = math.ceil(n / world_size) * world_size
+    if total > n:
+        perm = torch.cat([perm] * math.ceil(total / n))[:total]
+    return perm[rank:total:world_size]
+
+
+class FastLoader:
+    """Batches of a uint8 tensor dataset on `device`, transformed by `pipeline.batch`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pipeline: Pipeline, batch_size: int, *,
+                 shuffle: bool, seed: int, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.pipeline, self.batch_size, self.shuffle = pipeline, batch_size, shuffle
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.device = device
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed + epoch)
-        self.aug_generator.manual_seed(self.seed + 10_000 + epoch)
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        return shard_indices(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                             rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        per_rank = math.ceil(n / self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
+        return math.ceil(per_rank / self.batch_size)
+
+    def __iter__(self):
+        order = self.indices().to(self.device)
+        # Augmentation parameters come from their own CPU stream (same on every device),
+        # separate per rank so shards are not augmented in lockstep.
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank))
+        for idx in order.split(self.batch_size):
+            yield self.pipeline.batch(self.images[idx], generator), self.labels[idx]
+
+
+def fast_loader(dataset: Transformed, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
+                rank: int, world_size: int, num_workers: int) -> FastLoader:
+    base = dataset.base
+    return FastLoader(base.images, base.labels, dataset.transform, batch_size, shuffle=shuffle, seed=seed,
+                      device=device, rank=rank, world_size=world_size)
+
+
+class TorchLoader:
+    """torchvision-style DataLoader (workers, PIL decode) with the fast loader's interface."""
+
+    def __init__(self, dataset: Transformed, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
+                 rank: int, world_size: int, num_workers: int):
+        # A copy, so the seed set here does not leak into the caller's DataSplits.
+        self.dataset = copy.copy(dataset)
+        self.dataset.seed = seed
+        if shuffle:
+            self.sampler = DistributedSampler(self.dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                              seed=seed, drop_last=False)
+        else:
+            self.sampler = range(rank, len(self.dataset), world_size)
+        # Workers are not persistent: each epoch's workers get the dataset with its new epoch.
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=num_workers, pin_memory=device.type == "cuda")
+        self.device = device
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
 
@@ -34,19 +140,12 @@ class TrainLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield self.augment(images, self.aug_generator), labels
+        try:
+            for images, labels in self.loader:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        except UserError as exc:
+            # A worker's UserError arrives with its traceback folded into the message; keep one line.
+            raise UserError(str(exc).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
-def build_loaders(splits: DataSplits, cfg, seed: int, *, device=None, rank: int = 0,
-                  world_size: int = 1) -> dict:
-    """Train loader (shuffled, augmented, sharded) and ordered val/test loaders (sharded, no padding)."""
-    def ordered(ds):
-        if world_size > 1:
-            ds = torch.utils.data.Subset(ds, list(range(rank, len(ds), world_size)))
-        return DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
-
-    loaders = {"train": TrainLoader(splits.train, cfg, seed, rank, world_size), "val": ordered(splits.val)}
-    if splits.test is not None:
-        loaders["test"] = ordered(splits.test)
-    return loaders
+LOADERS = {"fast": fast_loader, "torch": TorchLoader}

@@ -391,11 +391,18 @@ class Run:
                  f"({len(self.splits.train)} train / {len(self.splits.val)} val), epochs {start_epoch}.."
                  f"{cfg.train.epochs} on {self.ctx.device}"
                  + (f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        for note in getattr(self.splits, "notes", []):
+            self.log(f"data: {note}")
         if start_epoch > cfg.train.epochs and self.progress is None:
             self.log(f"run already finished ({self.epoch} epochs); raise train.epochs to continue it")
         with StopFlag() as stop:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 self._one_epoch(epoch, stop)
+        self.test_stats = None
+        if "test" in self.loaders:  # only present when data.eval_test asked for it
+            self.test_stats = evaluate(self.train_model, self.loaders["test"], self.opts)
+            self.log(f"test loss {self.test_stats.loss:.4f} acc {100 * self.test_stats.acc:.2f}% "
+                     f"({self.test_stats.count} images, data.eval_test=true)")
         if self.ctx.enabled:
             in_sync = dist_utils.replicas_in_sync(self.ctx, self.model)
             self.log(f"weights identical across {self.ctx.world_size} ranks: {'yes' if in_sync else 'NO'}")
@@ -458,6 +465,8 @@ class Run:
                    "params": self.n_params, "epochs": self.epoch, "seed": self.cfg.train.seed,
                    "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
                    "world_size": self.ctx.world_size, "selfreg_version": __version__}
+        if getattr(self, "test_stats", None) is not None:
+            summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             self.log(f"final validation accuracy {100 * final:.2f}% (best {100 * self.best_acc:.2f}% at epoch "
