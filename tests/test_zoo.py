@@ -26,6 +26,9 @@ LARGER_VARIANT = {
     "gmlp_s16_224": "gmlp_ti16_224",
     # CIFAR ResNets: tests/test_resnet_cifar.py covers every depth.
     **{f"{se}resnet{d}": f"{se}resnet20" for se in ("", "se_") for d in (32, 44, 56, 110)},
+    # RegNet of Xu et al.: tests/test_regnet.py covers every rrnet at 32x32.
+    **{f"rrnet{d}_{cell}": f"rrnet20_{cell}" for d in (32, 56) for cell in ("rnn", "gru", "lstm")},
+    **{f"rrnet20_{cell}_s{i}": f"rrnet20_{cell}" for cell in ("gru", "lstm") for i in (1, 2, 3)},
 }
 # Native-size forward + backward passes that take seconds on 2 cores: `-m slow` only.
 HEAVY_NATIVE = {
@@ -35,6 +38,8 @@ HEAVY_NATIVE = {
     "darknet53": "9.3 GMACs at 256",
     "efficientnetv2_s": "8.4 GMACs at 384",
     "densenet121": "2.8 GMACs at 224",
+    "resnet50": "4.1 GMACs at 224",
+    "rrnet50": "4.6 GMACs at 224",
 }
 
 

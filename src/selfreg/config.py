@@ -92,12 +92,13 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    # constant | multistep | step | cosine | cyclic | onecycle; stepped every iteration.
+    # constant | multistep | step | cosine | linear | poly | cyclic | onecycle; stepped every iteration.
     name: str = "multistep"
     milestones: list[float] = field(default_factory=lambda: [80])   # epochs (multistep)
     gamma: float = 0.1
     step_size: float = 30          # epochs between decays (step)
-    min_lr: float = 0.0            # cosine floor
+    min_lr: float = 0.0            # cosine / linear / poly floor
+    power: float = 1.0             # poly exponent
     max_lr: float = 0.0            # cyclic upper bound (optim.lr is the lower)
     cycle_epochs: float = 4.0      # cyclic period
     pct_start: float = 0.3         # onecycle

@@ -29,6 +29,7 @@ from ..analysis.complexity import count_parameters
 from ..config import Config, save_config
 from ..data import build_dataset, build_loaders
 from ..errors import UserError
+from ..models.zoo import takes_img_size
 from ..registry import create_model
 from . import distributed as dist_utils
 from .bn import BNMomentum
@@ -299,8 +300,11 @@ class Run:
         self.splits = build_dataset(cfg.data)
         self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
                                      rank=self.ctx.rank, world_size=self.ctx.world_size)
+        kwargs = dict(cfg.model.kwargs)
+        if takes_img_size(cfg.model.name):  # ViT/MLP patch grids and small-input stems follow the data
+            kwargs.setdefault("img_size", self.splits.image_size)
         self.model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
-                                  in_chans=self.splits.in_chans, **cfg.model.kwargs)
+                                  in_chans=self.splits.in_chans, **kwargs)
         self.n_params = count_parameters(self.model)
         self.model.to(device)
         if cfg.train.channels_last:

@@ -185,6 +185,25 @@ def _onecycle(c, spe: int, total: int, lr: float) -> Factor:
     return factor
 
 
+@SCHEDULES.register("linear")
+def _linear(c, spe: int, total: int, lr: float) -> Factor:
+    """Linear decay from lr to min_lr over the steps after warm-up (SqueezeNet, ShuffleNet)."""
+    return _polynomial(c, spe, total, lr, power=1.0)
+
+
+@SCHEDULES.register("poly")
+def _poly(c, spe: int, total: int, lr: float) -> Factor:
+    """lr x (1 - t)^power to min_lr (Darknet's and DeepLab's "poly" policy)."""
+    return _polynomial(c, spe, total, lr, power=c.power)
+
+
+def _polynomial(c, spe: int, total: int, lr: float, power: float) -> Factor:
+    start = _warmup_steps(c, spe)
+    span = max(1, total - start)
+    floor = c.min_lr / lr if lr else 0.0
+    return lambda step: floor + (1 - floor) * (1 - min(1.0, max(0, step - start) / span)) ** power
+
+
 # --------------------------------------------------------------------------- warm-ups
 WARMUPS.add("none", lambda t, start: 1.0)
 WARMUPS.add("linear", lambda t, start: start + (1 - start) * t)
