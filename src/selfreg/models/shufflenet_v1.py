@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .resnet_cifar import init_weights  # He fan-out convs, unit BN: the shared initialiser
 
 ZHANG_2018 = ("Zhang et al., ShuffleNet: An Extremely Efficient Convolutional Neural Network for "
               "Mobile Devices, CVPR 2018")
@@ -91,12 +92,3 @@ class ShuffleNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
