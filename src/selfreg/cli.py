@@ -76,6 +76,33 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepInterrupted, command_line, expand, run_sweep
+
+    only = [p for p in args.only.split(",") if p] if args.only else None
+    plan = expand(args.recipe, seeds=parse_seeds(args.seeds) if args.seeds else None, smoke=args.smoke,
+                  only=only, overrides=args.overrides, out=args.out)
+    if args.list:
+        for job in plan.jobs:
+            print(f"{job.label:<40} s{job.seed:<4} {job.dir}")
+        return 0
+    try:
+        result = run_sweep(plan, parallel=args.parallel, command=command_line(sys.argv[1:]))
+    except SweepInterrupted as exc:
+        print(f"selfreg: {exc}", file=sys.stderr)
+        return 130
+    return 1 if result["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import build_report
+    from .sweep import command_line
+
+    out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]))
+    print(f"report: {out} and {out.with_suffix('.html')} (figures in {out.parent / (out.stem + '-figures')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -99,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="markdown page: params and MACs at 32x32 and native size, source, paper, "
                              "adaptation, recipe (`selfreg models --table > docs/zoo.md`)")
     models.set_defaults(func=cmd_models)
+
+    sweep = sub.add_parser("sweep", help="run a recipe's grid of configurations x seeds into one folder")
+    sweep.add_argument("recipe", help="YAML recipe with a sweep: section, e.g. configs/regnet/table3.yaml")
+    sweep.add_argument("overrides", nargs="*", help="section.key=value overrides for every run (e.g. data.root=...)")
+    sweep.add_argument("--seeds", metavar="S1,S2,...", help="seeds for every configuration (default: the recipe's)")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="K",
+                       help="runs at once, each its own process (small models on one GPU); 1 on a CPU")
+    sweep.add_argument("--smoke", action="store_true",
+                       help="the recipe's smoke variant: a few hundred images, an epoch or two")
+    sweep.add_argument("--only", metavar="LABELS", help="comma-separated labels or patterns (c10-rrnet20_*)")
+    sweep.add_argument("-o", "--out", metavar="DIR", help="sweep folder (default: train.out_dir/<sweep name>)")
+    sweep.add_argument("--list", action="store_true", help="print the runs and their folders, train nothing")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="markdown + HTML report with figures over a sweep or folder of runs")
+    report.add_argument("folder", help="a sweep folder or any folder holding run folders")
+    report.add_argument("-o", "--output", metavar="REPORT.md", help="default: FOLDER/report.md")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -177,6 +177,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
+        # A recipe's `sweep:` section (grid, seeds, paper numbers) is read by selfreg.sweep;
+        # on its own the recipe trains its base configuration.
+        raw.pop("sweep", None)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)

@@ -257,6 +257,21 @@ def make_run_dir(cfg: Config) -> Path:
     return path
 
 
+def describe_device(device: torch.device) -> str:
+    """What a run ran on, for reports: the GPU's name, or the CPU's model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
 def make_autocast(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     if amp == "none":
         return contextlib.nullcontext
@@ -466,9 +481,12 @@ class Run:
         rows = read_metrics(self.run_dir / "metrics.csv") if self.ctx.is_main else []
         final = rows[-1]["val_acc"] if rows else float("nan")
         summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "dataset": self.cfg.data.name,
-                   "params": self.n_params, "epochs": self.epoch, "seed": self.cfg.train.seed,
+                   "params": self.n_params, "num_classes": self.splits.num_classes,
+                   "in_chans": self.splits.in_chans, "image_size": self.splits.image_size,
+                   "epochs": self.epoch, "seed": self.cfg.train.seed,
                    "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
-                   "world_size": self.ctx.world_size, "selfreg_version": __version__}
+                   "world_size": self.ctx.world_size, "device": describe_device(self.ctx.device),
+                   "selfreg_version": __version__}
         if getattr(self, "test_stats", None) is not None:
             summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
         if self.ctx.is_main:

@@ -1,0 +1,425 @@
+"""Reports over runs: errors as mean +- std over seeds beside the paper's numbers, curves,
+and the parameter-efficiency plot of the RegNet paper's Fig. 4; markdown with PNGs, and HTML.
+
+    selfreg report runs/regnet-table3 [-o docs/results/table3/report.md]
+
+The folder is a sweep (its `sweep.yaml` gives the configurations in order and the paper's
+numbers) or any folder of runs: then each run folder holding a config.yaml is one run, and
+runs whose paths differ only in a trailing `s<seed>` form one configuration.
+A report never picks the best seed: every number is a mean over the finished runs.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..errors import UserError
+
+
+# ---------------------------------------------------------------------------------------
+# Collecting runs
+
+@dataclass
+class RunRecord:
+    dir: Path
+    seed: int
+    config: dict
+    summary: dict | None          # None until the run finished
+    rows: list[dict]              # metrics.csv, one dict per epoch
+    failed: str | None = None     # failed.txt, written by a sweep
+
+    @property
+    def minutes(self) -> float:
+        return sum(r.get("seconds", 0.0) for r in self.rows) / 60
+
+
+@dataclass
+class Group:
+    """One configuration: its runs over seeds."""
+    label: str
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.summary is not None]
+
+    @property
+    def config(self) -> dict:
+        return self.runs[0].config
+
+    def errors(self, key: str) -> np.ndarray:
+        """Error in percent, 100 * (1 - accuracy), of each finished run that has `key`."""
+        return np.array([100 * (1 - r.summary[key]) for r in self.finished if key in r.summary], dtype=float)
+
+
+def collect(root: str | Path) -> tuple[list[Group], dict]:
+    """The configurations under `root` in order, and the sweep record (empty if not a sweep)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; pass a sweep folder (selfreg sweep prints it) or a folder of runs")
+    record_path = root / "sweep.yaml"
+    if record_path.is_file():
+        record = yaml.safe_load(record_path.read_text()) or {}
+        groups = {label: Group(label) for label in record.get("labels", [])}
+        for run in record.get("runs", []):
+            path = root / run["dir"]
+            if (path / "config.yaml").is_file():
+                groups.setdefault(run["label"], Group(run["label"])).runs.append(read_run(path))
+    else:
+        record, groups = {}, {}
+        for config in sorted(root.rglob("config.yaml")):
+            path = config.parent
+            rel = path.relative_to(root).as_posix()
+            label = re.sub(r"(^|/)s\d+$", "", rel) or (rel if rel != "." else root.name)
+            groups.setdefault(label, Group(label)).runs.append(read_run(path))
+    found = [g for g in groups.values() if g.runs]
+    if not found:
+        raise UserError(f"no runs under {root} (no run folder with a config.yaml); train some first")
+    return found, record
+
+
+def read_run(path: Path) -> RunRecord:
+    from ..train.logging import read_metrics
+
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    summary_path, metrics_path, failed_path = path / "summary.json", path / "metrics.csv", path / "failed.txt"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    rows = read_metrics(metrics_path) if metrics_path.is_file() else []
+    failed = failed_path.read_text().strip() if failed_path.is_file() else None
+    return RunRecord(path, int(config.get("train", {}).get("seed", 0)), config, summary, rows, failed)
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers
+
+def mean_std(values: np.ndarray) -> tuple[float, float] | None:
+    if len(values) == 0:
+        return None
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def fmt_pm(stats: tuple[float, float] | None, n: int) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats[0]:.2f} ± {stats[1]:.2f}" if n > 1 else f"{stats[0]:.2f}"
+
+
+def family(group: Group) -> str:
+    """The model family of the registry, with the regulator's cell form when it is set."""
+    from ..registry import model_entry
+
+    model = group.config.get("model", {})
+    try:
+        fam = model_entry(model.get("name", "?")).meta.get("family", model.get("name"))
+    except UserError:
+        fam = model.get("name", "?")
+    form = (model.get("kwargs") or {}).get("form")
+    return f"{fam} ({form})" if form else str(fam)
+
+
+_MAC_CACHE: dict[str, int | None] = {}
+
+
+def model_macs(group: Group) -> int | None:
+    """Forward multiply-adds for one image at the run's input size (None if it cannot be counted)."""
+    from ..models.zoo import takes_img_size
+    from ..registry import create_model
+    from .complexity import count_macs
+
+    summary = next((r.summary for r in group.finished), None)
+    if summary is None or not isinstance(summary.get("image_size"), int):
+        return None
+    model = group.config.get("model", {})
+    name, size = model.get("name"), summary["image_size"]
+    kwargs = dict(model.get("kwargs") or {})
+    key = json.dumps([name, kwargs, size, summary.get("num_classes"), summary.get("in_chans")], sort_keys=True)
+    if key not in _MAC_CACHE:
+        if takes_img_size(name):
+            kwargs.setdefault("img_size", size)
+        _MAC_CACHE[key] = None
+        for device in ("meta", "cpu"):
+            try:
+                import torch
+
+                with torch.device(device):
+                    net = create_model(name, num_classes=summary["num_classes"], in_chans=summary["in_chans"],
+                                       **kwargs)
+                _MAC_CACHE[key] = count_macs(net, size, summary["in_chans"])
+                break
+            except (NotImplementedError, RuntimeError):
+                continue
+    return _MAC_CACHE[key]
+
+
+def paper_value(record: dict, label: str) -> float | None:
+    values = (record.get("paper") or {}).get("values") or {}
+    value = values.get(label)
+    return float(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------------------------
+# The document: a list of blocks rendered to markdown and to HTML alike
+
+@dataclass
+class Doc:
+    blocks: list[tuple] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", level, text))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", header, rows))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("img", path, alt))
+
+
+def to_markdown(doc: Doc, base: Path) -> str:
+    out = []
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "h":
+            out.append("#" * block[1] + " " + block[2])
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                                 + ["| " + " | ".join(r) + " |" for r in rows]))
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1].relative_to(base).as_posix()})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_md(text: str) -> str:
+    """The little markdown our paragraphs use (`code`, **bold**), as HTML."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def to_html(doc: Doc, title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+           "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;"
+           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+           "code{background:#f4f4f4;padding:1px 3px}</style></head><body>"]
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "h":
+            out.append(f"<h{block[1]}>{_inline_md(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_md(block[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline_md(h)}</th>" for h in block[1])
+            body = "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(block[1]).read_bytes()).decode()
+            out.append(f"<p><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'></p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, runs: list[RunRecord], key: str, scale, label: str, color) -> None:
+    """Mean over seeds with a +-std band, over the epochs every run has reached."""
+    series = [[scale(r[key]) for r in run.rows if key in r] for run in runs if run.rows]
+    series = [s for s in series if s]
+    if not series:
+        return
+    n = min(len(s) for s in series)
+    values = np.array([s[:n] for s in series], dtype=float)
+    epochs = np.arange(1, n + 1)
+    mean = values.mean(0)
+    ax.plot(epochs, mean, label=label, color=color)
+    if len(series) > 1:
+        std = values.std(0, ddof=1)
+        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+
+
+def plot_curves(groups: list[Group], path: Path) -> None:
+    plt = _plt()
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    for i, g in enumerate(groups):
+        color = colors(i % colors.N)
+        _band(ax_loss, g.runs, "train_loss", float, g.label, color)
+        _band(ax_err, g.runs, "val_acc", lambda a: 100 * (1 - a), g.label, color)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss (mean ± std over seeds)")
+    ax_err.set(xlabel="epoch", ylabel="validation error (%)", title="validation error (mean ± std over seeds)")
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+    ax_err.legend(fontsize=7, ncol=2 if len(groups) > 8 else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_efficiency(groups: list[Group], path: Path, metric: str) -> bool:
+    """Fig. 4: error against parameters, one line per family (and one panel per dataset)."""
+    points: dict[str, dict[str, list]] = {}
+    for g in groups:
+        errors = g.errors(metric)
+        if not len(errors):
+            continue
+        dataset = g.config.get("data", {}).get("name", "?")
+        params = g.finished[0].summary["params"]
+        points.setdefault(dataset, {}).setdefault(family(g), []).append(
+            (params, errors.mean(), errors.std(ddof=1) if len(errors) > 1 else 0.0, g.label))
+    if not points:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(points), figsize=(6.5 * len(points), 4.5), squeeze=False)
+    for ax, (dataset, families) in zip(axes[0], points.items()):
+        for fam, pts in sorted(families.items()):
+            pts.sort()
+            x = [p[0] / 1e6 for p in pts]
+            ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=fam)
+            for p in pts:
+                ax.annotate(p[3], (p[0] / 1e6, p[1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel="parameters (M)", ylabel=f"{metric_name(metric)} (%)", title=f"{dataset}: error vs parameters")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def metric_name(key: str) -> str:
+    return {"final_val_acc": "final validation error", "best_val_acc": "best validation error",
+            "test_acc": "test error"}[key]
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+
+def comparison_metric(groups: list[Group]) -> str:
+    """Test error when every finished run has one (the paper's measure), else final validation error."""
+    finished = [r for g in groups for r in g.finished]
+    return "test_acc" if finished and all("test_acc" in r.summary for r in finished) else "final_val_acc"
+
+
+def build_report(root: str | Path, out: str | Path | None = None, command: str = "") -> Path:
+    """Write report.md, its figures and report.html; return the markdown path."""
+    from .complexity import human
+
+    root = Path(root)
+    groups, record = collect(root)
+    out = Path(out) if out else root / "report.md"
+    figures = out.parent / f"{out.stem}-figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    metric = comparison_metric(groups)
+    paper = record.get("paper") or {}
+    has_paper = bool(paper.get("values"))
+    has_test = any("test_acc" in r.summary for g in groups for r in g.finished)
+
+    doc = Doc()
+    title = f"Report: {record.get('name', root.name)}"
+    doc.heading(title, 1)
+    doc.para(f"Made by `{command or f'selfreg report {root}'}` from {sum(len(g.runs) for g in groups)} runs "
+             f"under `{root}`.")
+    if record.get("command"):
+        doc.para(f"The runs: `{record['command']}` (recipe `{record.get('recipe', '?')}`).")
+    if record.get("smoke"):
+        doc.para("**Smoke scale**: the recipe's smoke variant (few images, few epochs). These numbers test "
+                 "the machinery; they are not comparable with the paper's.")
+    doc.para(describe_runs(groups))
+
+    header = ["configuration", "family", "seeds", "params", "MACs", "final val err (%)", "best val err (%)"]
+    header += ["test err (%)"] if has_test else []
+    header += ["minutes / run"]
+    if has_paper:
+        header += [f"paper: {paper.get('metric', 'error (%)')}", f"ours − paper ({metric_name(metric)})"]
+    rows = []
+    for g in groups:
+        n = len(g.finished)
+        params = g.finished[0].summary["params"] if n else None
+        macs = model_macs(g) if n else None
+        row = [g.label, family(g), f"{n}/{len(g.runs)}", f"{params:,}" if params else "-",
+               human(macs) if macs else "-",
+               fmt_pm(mean_std(g.errors("final_val_acc")), n), fmt_pm(mean_std(g.errors("best_val_acc")), n)]
+        if has_test:
+            row.append(fmt_pm(mean_std(g.errors("test_acc")), n))
+        minutes = [r.minutes for r in g.finished]
+        row.append(f"{np.mean(minutes):.1f}" if minutes else "-")
+        if has_paper:
+            ours, theirs = mean_std(g.errors(metric)), paper_value(record, g.label)
+            row += [f"{theirs:.2f}" if theirs is not None else "-",
+                    f"{ours[0] - theirs:+.2f}" if ours and theirs is not None else "-"]
+        rows.append(row)
+    doc.heading("Results")
+    doc.table(header, rows)
+    notes = ["Errors are 100 − accuracy, mean ± sample std over the finished seeds (never the best seed); "
+             "`seeds` counts finished / planned runs. Final = after the last epoch; best = the best epoch's "
+             "validation error, which peeks at validation and is shown for reference only."]
+    if has_paper:
+        notes.append(f"Paper numbers: {paper.get('source', 'as given in the recipe')}. The difference uses our "
+                     f"{metric_name(metric)}" + ("" if metric == "test_acc" else
+                                                 " (no test split was evaluated, so validation stands in)") + ".")
+    doc.para(" ".join(notes))
+    failed = [(g.label, r) for g in groups for r in g.runs if r.failed]
+    if failed:
+        doc.para("Failed runs: " + "; ".join(f"{label} s{r.seed}: {r.failed}" for label, r in failed))
+
+    doc.heading("Curves")
+    plot_curves(groups, figures / "curves.png")
+    doc.image(figures / "curves.png", "training loss and validation error per configuration")
+    if plot_efficiency(groups, figures / "efficiency.png", metric):
+        doc.heading("Parameter efficiency (the paper's Fig. 4)")
+        doc.image(figures / "efficiency.png", "error against parameters, one line per family")
+
+    doc.heading("Every run")
+    run_rows = []
+    for g in groups:
+        for r in g.runs:
+            s = r.summary or {}
+            state = "finished" if r.summary else ("failed" if r.failed else f"{len(r.rows)} epochs, unfinished")
+            run_rows.append([g.label, str(r.seed), state, str(len(r.rows)),
+                             f"{100 * (1 - s['final_val_acc']):.2f}" if s else "-",
+                             f"{100 * (1 - s['best_val_acc']):.2f}" if s else "-",
+                             f"{100 * (1 - s['test_acc']):.2f}" if "test_acc" in s else "-",
+                             f"{r.minutes:.1f}", str(s.get("device", "-"))])
+    doc.table(["configuration", "seed", "state", "epochs", "final val err", "best val err", "test err",
+               "minutes", "device"], run_rows)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_markdown(doc, out.parent))
+    out.with_suffix(".html").write_text(to_html(doc, title))
+    return out
+
+
+def describe_runs(groups: list[Group]) -> str:
+    """One line on what the runs trained on: datasets, sizes, epochs, devices."""
+    summaries = [r.summary for g in groups for r in g.finished]
+    configs = [r.config for g in groups for r in g.runs]
+    datasets = sorted({c.get("data", {}).get("name", "?") for c in configs})
+    subsets = sorted({c.get("data", {}).get("subset", 0) for c in configs})
+    epochs = sorted({c.get("train", {}).get("epochs", 0) for c in configs})
+    devices = sorted({str(s.get("device", "?")) for s in summaries}) or ["-"]
+    subset_text = "all training images" if subsets == [0] else f"training subset of {', '.join(map(str, subsets))} images"
+    return (f"Data: {', '.join(datasets)} ({subset_text}); epochs: {', '.join(map(str, epochs))}; "
+            f"device: {', '.join(devices)}.")

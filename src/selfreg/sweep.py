@@ -1,0 +1,346 @@
+"""Sweeps: a recipe's grid of configurations times seeds, run into one directory.
+
+    selfreg sweep configs/regnet/table3.yaml [--seeds 0,1,2] [--parallel K] [--smoke] [--only A,B]
+
+A sweep recipe is an ordinary training recipe plus a `sweep:` section:
+
+    sweep:
+      name: regnet-table3              # folder under train.out_dir (default: the file's stem)
+      seeds: [0, 1, 2]                 # default seeds; --seeds replaces them
+      grid:                            # the cartesian product of the axes, in order
+        data:                          # a mapping: named variants, each a set of overrides
+          c10: {data.name: cifar10}
+          c100: {data.name: cifar100}
+        model.name: [resnet20, rrnet20_gru]   # a list: one variant per value of that key
+      smoke: {data.subset: 300, train.epochs: 1}   # overrides of the --smoke variant
+      paper:                           # published numbers per label, for `selfreg report`
+        metric: test error (%)
+        source: Xu et al. 2022, Table III
+        values: {c10-resnet20: 8.38, c100-resnet20: 31.72}
+
+A run's label joins its variants' names with "-" (`c10-resnet20`); it trains in
+SWEEP/<label>/s<seed>, from the resolved config written first to
+SWEEP/configs/<label>-s<seed>.yaml, so one run can be rerun alone with `selfreg train FILE`.
+Precedence: recipe < grid < smoke < command-line overrides < seed and run folder.
+
+Starting a sweep again skips finished runs, resumes unfinished ones from their last
+checkpoint (exactly, as `selfreg train --resume` does) and starts the others, so a sweep
+stopped anywhere finishes with the results an uninterrupted one would have had. A run
+folder made from a different config is an error rather than silently mixed in.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .config import Config, from_dict, parse_override, read_yaml, save_config, set_dotted
+from .errors import UserError
+
+# Config keys that may differ between a run folder and the recipe without making it another run:
+# more epochs continue the run; progress display changes nothing.
+MAY_DIFFER = {"train.epochs", "train.progress", "train.tensorboard", "train.plot"}
+
+
+@dataclass
+class Job:
+    """One run of a sweep: a grid point and a seed."""
+    label: str
+    seed: int
+    overrides: dict[str, Any]
+    config: Config
+    dir: Path
+    config_path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} s{self.seed}"
+
+
+@dataclass
+class Plan:
+    """A recipe expanded: where the sweep lives and the runs it holds, in order."""
+    name: str
+    root: Path
+    recipe: Path
+    labels: list[str]
+    jobs: list[Job]
+    paper: dict = field(default_factory=dict)
+    smoke: bool = False
+
+    def record(self, command: str) -> dict:
+        """What `sweep.yaml` holds: enough for `selfreg report` and for a person to rerun it."""
+        return {"name": self.name, "recipe": str(self.recipe), "command": command, "smoke": self.smoke,
+                "labels": self.labels, "seeds": sorted({j.seed for j in self.jobs}),
+                "runs": [{"label": j.label, "seed": j.seed, "dir": str(j.dir.relative_to(self.root)),
+                          "overrides": j.overrides} for j in self.jobs],
+                "paper": self.paper}
+
+
+# ---------------------------------------------------------------------------------------
+# Expanding a recipe
+
+def expand(recipe: str | Path, seeds: list[int] | None = None, smoke: bool = False,
+           only: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
+           out: str | Path | None = None) -> Plan:
+    """The runs of `recipe`: grid x seeds, each with its validated Config."""
+    recipe = Path(recipe)
+    raw = read_yaml(recipe)
+    spec = raw.pop("sweep", None) or {}
+    if not isinstance(spec, dict):
+        raise UserError(f"{recipe}: the sweep: section must be a mapping (grid:, seeds:, ...)")
+    unknown = set(spec) - {"name", "seeds", "grid", "smoke", "paper"}
+    if unknown:
+        raise UserError(f"{recipe}: unknown key sweep.{sorted(unknown)[0]}; valid: name, seeds, grid, smoke, paper")
+    seeds = list(seeds) if seeds else [int(s) for s in spec.get("seeds", [0])]
+    cli = dict(parse_override(item) for item in overrides)
+    smoke_overrides = _mapping(spec.get("smoke"), recipe, "sweep.smoke") if smoke else {}
+    if smoke and not smoke_overrides:
+        raise UserError(f"{recipe} has no sweep.smoke overrides; add them or run without --smoke")
+
+    name = str(spec.get("name") or recipe.stem) + ("-smoke" if smoke else "")
+    base_out = cli.get("train.out_dir", raw.get("train", {}).get("out_dir", "runs"))
+    root = Path(out) if out else Path(base_out) / name
+
+    points = grid_points(spec.get("grid") or {}, recipe)
+    if only:
+        points = [(label, o) for label, o in points if any(fnmatch.fnmatchcase(label, p) for p in only)]
+        if not points:
+            raise UserError(f"--only {','.join(only)} matches no run of {recipe}; its labels: "
+                            f"{', '.join(label for label, _ in grid_points(spec.get('grid') or {}, recipe))}")
+    jobs = []
+    for label, grid_overrides in points:
+        for seed in seeds:
+            merged = {**grid_overrides, **smoke_overrides, **cli}
+            jobs.append(make_job(raw, label, seed, merged, root))
+    paper = spec.get("paper") or {}
+    return Plan(name, root, recipe, [label for label, _ in points], jobs, paper, smoke)
+
+
+def grid_points(grid: dict, recipe: Path) -> list[tuple[str, dict]]:
+    """[(label, {dotted key: value})] for the cartesian product of the grid's axes."""
+    if not isinstance(grid, dict):
+        raise UserError(f"{recipe}: sweep.grid must map axis names to lists or to named variants")
+    axes = []
+    for axis, values in grid.items():
+        if isinstance(values, dict):        # named variants: {label: {key: value, ...}}
+            axes.append([(str(k), _mapping(v, recipe, f"sweep.grid.{axis}.{k}")) for k, v in values.items()])
+        elif isinstance(values, list) and values:   # one key, several values
+            axes.append([(_value_label(v), {axis: v}) for v in values])
+        else:
+            raise UserError(f"{recipe}: sweep.grid.{axis} must be a non-empty list or a mapping of variants")
+    points = []
+    for combo in itertools.product(*axes):
+        label = "-".join(part for part, _ in combo) or "run"
+        merged: dict = {}
+        for _, o in combo:
+            merged.update(o)
+        points.append((label, merged))
+    labels = [label for label, _ in points]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise UserError(f"{recipe}: two grid points share the label {duplicates[0]!r}; name the variants")
+    return points
+
+
+def _value_label(value: Any) -> str:
+    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(text).replace("/", "_").replace(" ", "")
+
+
+def _mapping(value: Any, recipe: Path, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{recipe}: {where} must be a mapping of section.key: value overrides")
+    return dict(value)
+
+
+def make_job(raw: dict, label: str, seed: int, overrides: dict, root: Path) -> Job:
+    tree = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        set_dotted(tree, key, value)
+    set_dotted(tree, "train.seed", seed)
+    set_dotted(tree, "train.out_dir", str(root))
+    set_dotted(tree, "train.run_name", f"{label}/s{seed}")
+    try:
+        config = from_dict(Config, tree)
+    except UserError as exc:
+        raise UserError(f"sweep run {label} s{seed}: {exc}") from None
+    return Job(label, seed, overrides, config, root / label / f"s{seed}", root / "configs" / f"{label}-s{seed}.yaml")
+
+
+# ---------------------------------------------------------------------------------------
+# The state of a run folder
+
+def job_state(job: Job) -> str:
+    """"done", "resume" (a checkpoint to continue from) or "new" (nothing worth keeping)."""
+    if not (job.dir / "config.yaml").is_file():
+        return "new"
+    check_same_config(job)
+    summary = job.dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("epochs", 0) >= job.config.train.epochs:
+        return "done"
+    if (job.dir / "checkpoints" / "last.pt").is_file():
+        return "resume"
+    return "new"
+
+
+def check_same_config(job: Job) -> None:
+    saved = _flat(yaml.safe_load((job.dir / "config.yaml").read_text()) or {})
+    wanted = _flat(job.config.to_dict())
+    for key in sorted(set(saved) | set(wanted)):
+        if key not in MAY_DIFFER and saved.get(key) != wanted.get(key):
+            raise UserError(f"{job.dir} was trained with {key}={saved.get(key)!r} but the recipe now says "
+                            f"{wanted.get(key)!r}; delete that folder or give the sweep another folder (-o)")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def prepare(job: Job) -> str:
+    """Write the job's config file and make its folder ready; return its state."""
+    job.config_path.parent.mkdir(parents=True, exist_ok=True)
+    save_config(job.config, job.config_path)
+    state = job_state(job)
+    if state == "new" and job.dir.exists():
+        shutil.rmtree(job.dir)          # started but no checkpoint yet: nothing to keep
+    if state == "resume":                # more epochs than before are allowed: the folder records them
+        save_config(job.config, job.dir / "config.yaml")
+    (job.dir / "failed.txt").unlink(missing_ok=True)
+    return state
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+class SweepInterrupted(Exception):
+    """The sweep was stopped; every run keeps its last checkpoint."""
+
+
+def run_sweep(plan: Plan, parallel: int = 1, command: str = "", log: Callable[[str], None] = print) -> dict:
+    """Run what is not finished; return {"done": n, "ran": n, "failed": [names]}."""
+    if parallel < 1:
+        raise UserError(f"--parallel must be at least 1, got {parallel}")
+    plan.root.mkdir(parents=True, exist_ok=True)
+    (plan.root / "sweep.yaml").write_text(yaml.safe_dump(plan.record(command), sort_keys=False))
+    states = {id(job): prepare(job) for job in plan.jobs}
+    todo = [job for job in plan.jobs if states[id(job)] != "done"]
+    done = len(plan.jobs) - len(todo)
+    resumed = sum(states[id(job)] == "resume" for job in todo)
+    log(f"sweep {plan.root}: {len(plan.jobs)} runs ({len(plan.labels)} configurations x "
+        f"{len(plan.jobs) // max(1, len(plan.labels))} seeds); {done} finished, {resumed} to resume, "
+        f"{len(todo) - resumed} to start" + (f", {parallel} at a time" if parallel > 1 and todo else ""))
+    runner = run_in_process if parallel == 1 else lambda jobs, states, log: run_subprocesses(jobs, states, parallel, log)
+    failed = runner(todo, states, log)
+    log(f"sweep {plan.root}: {len(plan.jobs) - len(failed)} of {len(plan.jobs)} runs finished"
+        + (f"; failed: {', '.join(failed)} (see failed.txt in their folders)" if failed else "")
+        + f"; report with: selfreg report {plan.root}")
+    return {"done": done, "ran": len(todo), "failed": failed}
+
+
+def run_in_process(jobs: list[Job], states: dict, log: Callable[[str], None]) -> list[str]:
+    from .train.engine import Interrupted, fit
+
+    failed = []
+    for k, job in enumerate(jobs, 1):
+        state = states[id(job)]
+        log(f"[{k}/{len(jobs)}] {job.name}: {'resuming' if state == 'resume' else 'starting'} in {job.dir}")
+        try:
+            fit(job.config, resume=job.dir if state == "resume" else None, log=log)
+        except Interrupted as exc:
+            raise SweepInterrupted(f"{exc}; continue the sweep by running the same command again") from None
+        except UserError as exc:        # e.g. a diverged solver: record it, go on with the others
+            (job.dir / "failed.txt").write_text(f"{exc}\n")
+            log(f"[{k}/{len(jobs)}] {job.name} failed: {exc}")
+            failed.append(job.name)
+    return failed
+
+
+def run_subprocesses(jobs: list[Job], states: dict, parallel: int, log: Callable[[str], None]) -> list[str]:
+    """Up to `parallel` `selfreg train` processes at once, each logging to SWEEP/logs/."""
+    env = dict(os.environ)
+    # On a CPU the runs share the cores; on one GPU small models leave most of it idle.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+    pending, running, failed = list(jobs), {}, []
+    total = len(jobs)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                running[start_process(job, states[id(job)], env)] = job
+                log(f"[{total - len(pending)}/{total}] {job.name}: started in {job.dir}")
+            for proc, job in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[proc]
+                proc.log_file.close()
+                if proc.returncode == 130:
+                    raise SweepInterrupted(f"{job.name} was interrupted")
+                if proc.returncode != 0:
+                    last = _last_line(proc.log_path)
+                    job.dir.mkdir(parents=True, exist_ok=True)
+                    (job.dir / "failed.txt").write_text(f"{last}\n")
+                    failed.append(job.name)
+                    log(f"{job.name} failed (exit {proc.returncode}): {last}; log {proc.log_path}")
+                else:
+                    log(f"{job.name}: finished ({_result_line(job)})")
+            time.sleep(0.2)
+    except (KeyboardInterrupt, SweepInterrupted):
+        for proc in running:            # each saves its checkpoint on SIGINT and exits 130
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in running:
+            proc.wait()
+        raise SweepInterrupted("stopped; runs in progress saved their checkpoints; "
+                               "continue the sweep by running the same command again") from None
+    return failed
+
+
+def start_process(job: Job, state: str, env: dict) -> subprocess.Popen:
+    args = ["train", "--resume", str(job.dir)] if state == "resume" else ["train", str(job.config_path)]
+    log_path = job.config_path.parent.parent / "logs" / f"{job.label}-s{job.seed}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("a")
+    # stdout is a file, so progress comes as plain lines (train.progress=auto).
+    proc = subprocess.Popen([sys.executable, "-m", "selfreg", *args], stdout=log_file,
+                            stderr=subprocess.STDOUT, env=env)
+    proc.log_file, proc.log_path = log_file, log_path
+    return proc
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _result_line(job: Job) -> str:
+    summary = job.dir / "summary.json"
+    if not summary.is_file():
+        return "no summary"
+    s = json.loads(summary.read_text())
+    return f"final val acc {100 * s['final_val_acc']:.2f}%, best {100 * s['best_val_acc']:.2f}%"
+
+
+def command_line(argv: list[str]) -> str:
+    return shlex.join(["selfreg", *argv])
