@@ -239,56 +239,78 @@ class SweepInterrupted(Exception):
 
 
 def run_sweep(plan: Plan, parallel: int = 1, command: str = "", log: Callable[[str], None] = print) -> dict:
-    """Run what is not finished; return {"done": n, "ran": n, "failed": [names]}."""
+    """Run what is not finished; return {"done": n, "ran": n, "failed": [names]}.
+
+    Under torchrun every rank runs the same sweep and each run uses all ranks (DDP); rank 0
+    alone writes the sweep's files.
+    """
+    from .train import distributed as dist_utils
+
     if parallel < 1:
         raise UserError(f"--parallel must be at least 1, got {parallel}")
-    plan.root.mkdir(parents=True, exist_ok=True)
-    (plan.root / "sweep.yaml").write_text(yaml.safe_dump(plan.record(command), sort_keys=False))
-    states = {id(job): prepare(job) for job in plan.jobs}
-    todo = [job for job in plan.jobs if states[id(job)] != "done"]
+    is_main = True
+    if dist_utils.launched_by_torchrun():
+        if parallel != 1:
+            raise UserError("under torchrun each run uses every rank; leave --parallel at 1")
+        ctx = dist_utils.setup(plan.jobs[0].config.train.device)
+        is_main = ctx.is_main
+        states = dist_utils.broadcast_object(ctx, prepare_all(plan, command) if is_main else None)
+    else:
+        states = prepare_all(plan, command)
+    log = log if is_main else (lambda line: None)
+    todo = [(job, state) for job, state in zip(plan.jobs, states) if state != "done"]
     done = len(plan.jobs) - len(todo)
-    resumed = sum(states[id(job)] == "resume" for job in todo)
+    resumed = sum(state == "resume" for _, state in todo)
     log(f"sweep {plan.root}: {len(plan.jobs)} runs ({len(plan.labels)} configurations x "
         f"{len(plan.jobs) // max(1, len(plan.labels))} seeds); {done} finished, {resumed} to resume, "
         f"{len(todo) - resumed} to start" + (f", {parallel} at a time" if parallel > 1 and todo else ""))
-    runner = run_in_process if parallel == 1 else lambda jobs, states, log: run_subprocesses(jobs, states, parallel, log)
-    failed = runner(todo, states, log)
+    if parallel == 1:
+        failed = run_in_process(todo, log, write=is_main)
+    else:
+        failed = run_subprocesses(todo, parallel, log)
     log(f"sweep {plan.root}: {len(plan.jobs) - len(failed)} of {len(plan.jobs)} runs finished"
         + (f"; failed: {', '.join(failed)} (see failed.txt in their folders)" if failed else "")
         + f"; report with: selfreg report {plan.root}")
     return {"done": done, "ran": len(todo), "failed": failed}
 
 
-def run_in_process(jobs: list[Job], states: dict, log: Callable[[str], None]) -> list[str]:
+def prepare_all(plan: Plan, command: str) -> list[str]:
+    """Write sweep.yaml and every run's config; return each job's state, in plan order."""
+    plan.root.mkdir(parents=True, exist_ok=True)
+    (plan.root / "sweep.yaml").write_text(yaml.safe_dump(plan.record(command), sort_keys=False))
+    return [prepare(job) for job in plan.jobs]
+
+
+def run_in_process(todo: list[tuple[Job, str]], log: Callable[[str], None], write: bool = True) -> list[str]:
     from .train.engine import Interrupted, fit
 
     failed = []
-    for k, job in enumerate(jobs, 1):
-        state = states[id(job)]
-        log(f"[{k}/{len(jobs)}] {job.name}: {'resuming' if state == 'resume' else 'starting'} in {job.dir}")
+    for k, (job, state) in enumerate(todo, 1):
+        log(f"[{k}/{len(todo)}] {job.name}: {'resuming' if state == 'resume' else 'starting'} in {job.dir}")
         try:
             fit(job.config, resume=job.dir if state == "resume" else None, log=log)
         except Interrupted as exc:
             raise SweepInterrupted(f"{exc}; continue the sweep by running the same command again") from None
         except UserError as exc:        # e.g. a diverged solver: record it, go on with the others
-            (job.dir / "failed.txt").write_text(f"{exc}\n")
-            log(f"[{k}/{len(jobs)}] {job.name} failed: {exc}")
+            if write:
+                (job.dir / "failed.txt").write_text(f"{exc}\n")
+            log(f"[{k}/{len(todo)}] {job.name} failed: {exc}")
             failed.append(job.name)
     return failed
 
 
-def run_subprocesses(jobs: list[Job], states: dict, parallel: int, log: Callable[[str], None]) -> list[str]:
+def run_subprocesses(todo: list[tuple[Job, str]], parallel: int, log: Callable[[str], None]) -> list[str]:
     """Up to `parallel` `selfreg train` processes at once, each logging to SWEEP/logs/."""
     env = dict(os.environ)
     # On a CPU the runs share the cores; on one GPU small models leave most of it idle.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
-    pending, running, failed = list(jobs), {}, []
-    total = len(jobs)
+    pending, running, failed = list(todo), {}, []
+    total = len(todo)
     try:
         while pending or running:
             while pending and len(running) < parallel:
-                job = pending.pop(0)
-                running[start_process(job, states[id(job)], env)] = job
+                job, state = pending.pop(0)
+                running[start_process(job, state, env)] = job
                 log(f"[{total - len(pending)}/{total}] {job.name}: started in {job.dir}")
             for proc, job in list(running.items()):
                 if proc.poll() is None:
