@@ -275,10 +275,25 @@ def run_sweep(plan: Plan, parallel: int = 1, command: str = "", log: Callable[[s
 
 
 def prepare_all(plan: Plan, command: str) -> list[str]:
-    """Write sweep.yaml and every run's config; return each job's state, in plan order."""
+    """Record the plan in sweep.yaml and write every run's config; return each job's state, in order."""
     plan.root.mkdir(parents=True, exist_ok=True)
-    (plan.root / "sweep.yaml").write_text(yaml.safe_dump(plan.record(command), sort_keys=False))
+    write_record(plan.root / "sweep.yaml", plan.record(command))
     return [prepare(job) for job in plan.jobs]
+
+
+def write_record(path: Path, new: dict) -> None:
+    """Merge into an existing sweep.yaml, so that sweeps of parts (--only, more seeds) add up."""
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
+        labels = list(old.get("labels", [])) + [x for x in new["labels"] if x not in old.get("labels", [])]
+        runs = {r["dir"]: r for r in old.get("runs", [])}
+        runs.update({r["dir"]: r for r in new["runs"]})
+        order = {label: i for i, label in enumerate(labels)}
+        commands = [c for c in old.get("commands", [old.get("command")]) if c] + [new["command"]]
+        new = {**new, "labels": labels, "command": commands[-1], "commands": list(dict.fromkeys(commands)),
+               "seeds": sorted({r["seed"] for r in runs.values()}),
+               "runs": sorted(runs.values(), key=lambda r: (order[r["label"]], r["seed"]))}
+    path.write_text(yaml.safe_dump(new, sort_keys=False))
 
 
 def run_in_process(todo: list[tuple[Job, str]], log: Callable[[str], None], write: bool = True) -> list[str]:

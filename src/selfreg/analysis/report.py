@@ -342,8 +342,10 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     doc.heading(title, 1)
     doc.para(f"Made by `{command or f'selfreg report {root}'}` from {sum(len(g.runs) for g in groups)} runs "
              f"under `{root}`.")
-    if record.get("command"):
-        doc.para(f"The runs: `{record['command']}` (recipe `{record.get('recipe', '?')}`).")
+    commands = record.get("commands") or ([record["command"]] if record.get("command") else [])
+    if commands:
+        doc.para(f"The runs (recipe `{record.get('recipe', '?')}`): "
+                 + "; then ".join(f"`{c}`" for c in commands if c) + ".")
     if record.get("smoke"):
         doc.para("**Smoke scale**: the recipe's smoke variant (few images, few epochs). These numbers test "
                  "the machinery; they are not comparable with the paper's.")

@@ -1,0 +1,271 @@
+"""`selfreg sweep` and `selfreg report`: grid expansion, skipping and resuming, reports, recipes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import dataset_writers as w
+from conftest import REPO, run_cli
+from selfreg.analysis.report import build_report, collect
+from selfreg.errors import UserError
+from selfreg.registry import create_model, list_models
+from selfreg.sweep import expand, job_state, run_sweep
+
+RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweep" in (yaml.safe_load(p.read_text()) or {}))
+
+TINY = {
+    "model": {"name": "resnet20"},
+    "data": {"name": "digits", "image_size": 8, "batch_size": 32, "subset": 64, "val_fraction": 32},
+    "optim": {"lr": 0.05},
+    "sched": {"milestones": [5]},
+    "train": {"epochs": 1, "tensorboard": False, "plot": False, "progress": "none"},
+    "sweep": {"name": "tiny", "seeds": [0, 1],
+              "grid": {"model.name": ["resnet20", "rrnet20_gru"]},
+              "smoke": {"data.subset": 40},
+              "paper": {"metric": "test error (%)", "source": "a test", "values": {"resnet20": 8.38}}},
+}
+
+
+def write_recipe(tmp_path: Path, recipe: dict = TINY, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# Expansion
+
+def test_grid_is_the_product_of_axes_times_seeds(tmp_path):
+    recipe = {**TINY, "sweep": {"grid": {
+        "data": {"small": {"data.subset": 40}, "big": {"data.subset": 64, "optim.lr": 0.1}},
+        "model.name": ["resnet20", "resnet32"]}, "seeds": [3]}}
+    plan = expand(write_recipe(tmp_path, recipe), out=tmp_path / "sw")
+    assert plan.labels == ["small-resnet20", "small-resnet32", "big-resnet20", "big-resnet32"]
+    job = plan.jobs[3]
+    assert (job.config.model.name, job.config.data.subset, job.config.optim.lr) == ("resnet32", 64, 0.1)
+    assert (job.seed, job.config.train.seed) == (3, 3)
+    assert job.dir == tmp_path / "sw" / "big-resnet32" / "s3"
+    assert plan.name == "tiny"      # the file's stem when sweep.name is absent
+
+
+def test_precedence_recipe_grid_smoke_command_line(tmp_path):
+    recipe = {**TINY, "sweep": {**TINY["sweep"], "grid": {"data.subset": [50]}, "smoke": {"data.subset": 40,
+                                                                                           "optim.lr": 0.2}}}
+    path = write_recipe(tmp_path, recipe)
+    assert expand(path).jobs[0].config.data.subset == 50
+    smoke = expand(path, smoke=True, overrides=["optim.lr=0.3"])
+    assert (smoke.jobs[0].config.data.subset, smoke.jobs[0].config.optim.lr) == (40, 0.3)
+    assert smoke.name == "tiny-smoke"
+
+
+def test_seeds_only_and_errors(tmp_path):
+    path = write_recipe(tmp_path)
+    plan = expand(path, seeds=[5, 6, 7], only=["rrnet*"])
+    assert [(j.label, j.seed) for j in plan.jobs] == [("rrnet20_gru", 5), ("rrnet20_gru", 6), ("rrnet20_gru", 7)]
+    with pytest.raises(UserError, match="matches no run.*resnet20, rrnet20_gru"):
+        expand(path, only=["vgg*"])
+    with pytest.raises(UserError, match="sweep run resnet20 s0: unknown config key 'optim.lrr'"):
+        expand(path, overrides=["optim.lrr=1"])
+    bad = {**TINY, "sweep": {"grid": {"a": {"x": {"optim.lr": 0.1}}, "b": {"x": {"optim.lr": 0.2}}}}}
+    with pytest.raises(UserError, match="name the variants"):
+        expand(write_recipe(tmp_path, {**TINY, "sweep": {"grid": {"model.name": ["resnet20", "resnet20"]}}}))
+    expand(write_recipe(tmp_path, bad))  # labels x-x are unique: one point
+    with pytest.raises(UserError, match="unknown key sweep.gird"):
+        expand(write_recipe(tmp_path, {**TINY, "sweep": {"gird": {}}}))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_recipe_expands_with_known_models_and_paper_labels(recipe):
+    plan = expand(recipe)
+    smoke = expand(recipe, smoke=True)
+    assert len(smoke.jobs) == len(plan.jobs) and plan.jobs
+    for job in smoke.jobs:
+        assert job.config.train.epochs <= 2
+    assert set(plan.labels) >= set((plan.paper.get("values") or {})), "a paper value names no grid point"
+    names = {job.config.model.name for job in plan.jobs}
+    assert names <= set(list_models())
+    header = recipe.read_text().splitlines()[:12]
+    assert any(line.startswith("# Command:") for line in header) and any("Cost" in line for line in header)
+
+
+def test_table3_models_build_with_paper_sized_parameter_counts():
+    plan = expand(REPO / "configs/regnet/table3.yaml", only=["c10-*"])
+    counts = {}
+    for label in plan.labels:
+        with torch.device("meta"):
+            model = create_model(label.split("-", 1)[1], num_classes=10)
+        counts[label] = sum(p.numel() for p in model.parameters())
+    assert 0.26e6 < counts["c10-resnet20"] < 0.28e6            # paper: 0.27M
+    assert 0.30e6 < counts["c10-rrnet20_lstm"] < 0.33e6        # paper: 0.32M
+
+
+# ---------------------------------------------------------------------------------------
+# Running, skipping, resuming, reporting
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = write_recipe(tmp)
+    plan = expand(path, out=tmp / "sw")
+    result = run_sweep(plan, command="selfreg sweep tiny.yaml", log=quiet)
+    return tmp, path, plan, result
+
+
+def test_sweep_runs_every_job_then_skips_them(tiny_sweep):
+    tmp, path, plan, result = tiny_sweep
+    assert (result["ran"], result["failed"]) == (4, [])
+    for job in plan.jobs:
+        summary = json.loads((job.dir / "summary.json").read_text())
+        assert summary["seed"] == job.seed and summary["model"] == job.config.model.name
+        assert (job.config_path).is_file()
+    again = run_sweep(expand(path, out=tmp / "sw"), log=quiet)
+    assert (again["done"], again["ran"]) == (4, 0)
+    record = yaml.safe_load((tmp / "sw" / "sweep.yaml").read_text())
+    assert record["labels"] == ["resnet20", "rrnet20_gru"] and len(record["runs"]) == 4
+
+
+def test_changed_recipe_is_refused_and_more_epochs_resume(tiny_sweep):
+    tmp, path, plan, _ = tiny_sweep
+    with pytest.raises(UserError, match="optim.lr=0.05 but the recipe now says 0.1"):
+        job_state(expand(path, out=tmp / "sw", overrides=["optim.lr=0.1"]).jobs[0])
+    longer = expand(path, out=tmp / "sw", overrides=["train.epochs=2"], only=["resnet20"], seeds=[0])
+    assert job_state(longer.jobs[0]) == "resume"
+    result = run_sweep(longer, log=quiet)
+    assert result["ran"] == 1
+    rows = (longer.jobs[0].dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3                                  # header + epochs 1 and 2
+
+
+def test_report_has_table_paper_column_figures_and_html(tiny_sweep, tmp_path):
+    sweep_dir = tiny_sweep[0] / "sw"
+    out = build_report(sweep_dir, tmp_path / "rep" / "report.md")
+    text = out.read_text()
+    assert "| resnet20 | resnet |" in text and "| rrnet20_gru | rrnet_gru |" in text
+    assert "±" in text and "paper: test error (%)" in text and "8.38" in text
+    assert "![training loss and validation error" in text
+    for png in ("curves.png", "efficiency.png"):
+        assert (tmp_path / "rep" / "report-figures" / png).read_bytes()[:4] == b"\x89PNG"
+    html = out.with_suffix(".html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+
+
+def test_report_groups_any_folder_of_seeded_runs(tiny_sweep, tmp_path):
+    sweep_dir = tiny_sweep[0] / "sw"
+    (sweep_dir / "sweep.yaml").rename(tmp_path / "sweep.yaml")
+    try:
+        groups, record = collect(sweep_dir)
+    finally:
+        (tmp_path / "sweep.yaml").rename(sweep_dir / "sweep.yaml")
+    assert record == {}
+    assert {g.label: len(g.runs) for g in groups} == {"resnet20": 2, "rrnet20_gru": 2}
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args in (["report", tmp_path / "nothing"], ["sweep", tmp_path / "missing.yaml"],
+                 ["sweep", REPO / "configs/demo.yaml", "--smoke"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_cli_list_prints_runs_and_trains_nothing(tmp_path):
+    proc = run_cli("sweep", REPO / "configs/regnet/table3.yaml", "--list", "--only", "c10-rrnet*",
+                   "--seeds", "0,1", "-o", tmp_path / "sw")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 6 and not (tmp_path / "sw").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Stopped anywhere, started again: the same results (subprocesses, as a user would)
+
+def metrics_without_time(run_dir: Path) -> list[dict]:
+    import csv
+
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
+    recipe = {**TINY, "train": {**TINY["train"], "epochs": 2, "threads": 1},
+              "sweep": {**TINY["sweep"], "seeds": [0]}}
+    path = write_recipe(tmp_path, recipe)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    base = [sys.executable, "-m", "selfreg", "sweep", str(path)]
+    subprocess.run(base + ["-o", str(tmp_path / "ref")], check=True, capture_output=True, env=env, timeout=600)
+
+    proc = subprocess.Popen(base + ["-o", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = tmp_path / "cut" / "resnet20" / "s0" / "metrics.csv"
+    deadline = time.time() + 300
+    while not (first.is_file() and len(first.read_text().splitlines()) >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)        # mid-run, after one epoch's checkpoint
+    proc.wait()
+    restarted = subprocess.run(base + ["-o", str(tmp_path / "cut")], capture_output=True, text=True, env=env,
+                               timeout=600)
+    assert restarted.returncode == 0, restarted.stderr
+    assert "to resume" in restarted.stdout
+    for label in ("resnet20", "rrnet20_gru"):
+        ref, cut = tmp_path / "ref" / label / "s0", tmp_path / "cut" / label / "s0"
+        assert metrics_without_time(cut) == metrics_without_time(ref)
+        a = torch.load(ref / "checkpoints" / "last.pt", weights_only=True)["model"]
+        b = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_parallel_sweep_runs_processes_and_logs(tmp_path):
+    path = write_recipe(tmp_path)
+    proc = run_cli("sweep", path, "--parallel", "2", "-o", tmp_path / "sw")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label in ("resnet20", "rrnet20_gru"):
+        for seed in (0, 1):
+            assert (tmp_path / "sw" / label / f"s{seed}" / "summary.json").is_file()
+            assert (tmp_path / "sw" / "logs" / f"{label}-s{seed}.log").is_file()
+    report = run_cli("report", tmp_path / "sw")
+    assert report.returncode == 0 and (tmp_path / "sw" / "report.html").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# Every recipe's smoke variant trains, on data written here in the real on-disk formats
+
+def write_data(kind: str, root: Path, monkeypatch) -> None:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    if kind == "cifar10":
+        w.write_cifar10(root, per_batch=82)
+        w.register_cifar_md5s(monkeypatch, CIFAR10, root)
+    elif kind == "cifar100":
+        w.write_cifar100(root, train=410, test=20)
+        w.register_cifar_md5s(monkeypatch, CIFAR100, root)
+    elif kind == "stl10":
+        w.write_stl10(root, train=50)
+        w.register_stl10_md5s(monkeypatch, root)
+    elif kind == "imagenet":
+        w.write_image_folder(root, per_class=24, size=40)
+        w.write_image_folder(root, per_class=4, size=40, split="val", seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_smoke_variant_trains(recipe, tmp_path, monkeypatch):
+    plan = expand(recipe, smoke=True, seeds=[0])
+    last = plan.labels[-1]                    # the last grid point: c100 / deepest / regulated models
+    plan = expand(recipe, smoke=True, seeds=[0], only=[last], overrides=[f"data.root={tmp_path / 'data'}"],
+                  out=tmp_path / "sw")
+    write_data(plan.jobs[0].config.data.name, tmp_path / "data", monkeypatch)
+    result = run_sweep(plan, log=quiet)
+    assert result["failed"] == [] and result["ran"] == 1
+    assert json.loads((plan.jobs[0].dir / "summary.json").read_text())["epochs"] == plan.jobs[0].config.train.epochs
