@@ -149,10 +149,10 @@ def test_changed_recipe_is_refused_and_more_epochs_resume(tiny_sweep):
 
 def test_report_has_table_paper_column_figures_and_html(tiny_sweep, tmp_path):
     sweep_dir = tiny_sweep[0] / "sw"
-    out = build_report(sweep_dir, tmp_path / "rep" / "report.md")
+    out = build_report(sweep_dir, tmp_path / "rep" / "report.md", note="tiny runs")
     text = out.read_text()
     assert "| resnet20 | resnet |" in text and "| rrnet20_gru | rrnet_gru |" in text
-    assert "±" in text and "paper: test error (%)" in text and "8.38" in text
+    assert "±" in text and "paper: test error (%)" in text and "8.38" in text and "**Note**: tiny runs" in text
     assert "![training loss and validation error" in text
     for png in ("curves.png", "efficiency.png"):
         assert (tmp_path / "rep" / "report-figures" / png).read_bytes()[:4] == b"\x89PNG"

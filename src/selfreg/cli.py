@@ -98,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
     from .sweep import command_line
 
-    out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]))
+    out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]), note=args.note)
     print(f"report: {out} and {out.with_suffix('.html')} (figures in {out.parent / (out.stem + '-figures')})")
     return 0
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="markdown + HTML report with figures over a sweep or folder of runs")
     report.add_argument("folder", help="a sweep folder or any folder holding run folders")
     report.add_argument("-o", "--output", metavar="REPORT.md", help="default: FOLDER/report.md")
+    report.add_argument("--note", default="", help="a paragraph at the top (e.g. what scale the runs are)")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -323,7 +323,7 @@ def comparison_metric(groups: list[Group]) -> str:
     return "test_acc" if finished and all("test_acc" in r.summary for r in finished) else "final_val_acc"
 
 
-def build_report(root: str | Path, out: str | Path | None = None, command: str = "") -> Path:
+def build_report(root: str | Path, out: str | Path | None = None, command: str = "", note: str = "") -> Path:
     """Write report.md, its figures and report.html; return the markdown path."""
     from .complexity import human
 
@@ -346,6 +346,8 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     if commands:
         doc.para(f"The runs (recipe `{record.get('recipe', '?')}`): "
                  + "; then ".join(f"`{c}`" for c in commands if c) + ".")
+    if note:
+        doc.para(f"**Note**: {note}")
     if record.get("smoke"):
         doc.para("**Smoke scale**: the recipe's smoke variant (few images, few epochs). These numbers test "
                  "the machinery; they are not comparable with the paper's.")
