@@ -269,3 +269,17 @@ def test_smoke_variant_trains(recipe, tmp_path, monkeypatch):
     result = run_sweep(plan, log=quiet)
     assert result["failed"] == [] and result["ran"] == 1
     assert json.loads((plan.jobs[0].dir / "summary.json").read_text())["epochs"] == plan.jobs[0].config.train.epochs
+
+
+@pytest.mark.slow
+def test_sweep_under_torchrun_runs_each_job_on_every_rank(tmp_path):
+    path = write_recipe(tmp_path)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "selfreg", "sweep", str(path), "--seeds", "0", "-o", str(tmp_path / "sw")]
+    proc = subprocess.run(launcher, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for label in ("resnet20", "rrnet20_gru"):
+        summary = json.loads((tmp_path / "sw" / label / "s0" / "summary.json").read_text())
+        assert summary["world_size"] == 2
+    assert proc.stdout.count("2 of 2 runs finished") == 1        # rank 0 alone speaks
