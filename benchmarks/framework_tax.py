@@ -18,13 +18,12 @@ the ratio ours / minimal (target: loop <= 1.05, model <= 1.02).
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from _common import add_markdown_arg, interleave, machine, medians, table, write_section
+from _common import add_markdown_arg, interleave, medians, table, write_section
 from selfreg import create_model
 from selfreg.config import load_config
 from selfreg.train.bn import BNMomentum

@@ -17,7 +17,7 @@ import argparse
 import torch
 from torch import nn
 
-from _common import add_markdown_arg, interleave, machine, medians, table, write_section
+from _common import add_markdown_arg, interleave, medians, table, write_section
 from selfreg import create_model
 from selfreg.analysis.complexity import count_macs, count_parameters
 from selfreg.layers.convrnn import use_reference_cells
