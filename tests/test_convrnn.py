@@ -171,3 +171,17 @@ def test_use_reference_cells_switches_and_restores():
     assert all(m.forward == m.reference_forward for m in model)
     use_reference_cells(model, False)
     assert all("forward" not in m.__dict__ for m in model)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_fast_path_under_autocast_with_a_float32_state(cell):
+    # bf16 gate maps meet a float32 state: the result's dtype is the reference formulation's.
+    torch.manual_seed(0)
+    c = cell(4, "light")
+    x = torch.randn(2, 4, 5, 5)
+    state = c.init_state(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, _ = c(x, state)
+        ref, _ = c.reference_forward(x, state)
+    assert fast.dtype == ref.dtype
+    torch.testing.assert_close(fast.float(), ref.float(), atol=2e-2, rtol=2e-2)

@@ -226,7 +226,8 @@ class ConvGRU(ConvCell):
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z, r = torch.sigmoid(self.gates.preact(x, state)).unbind(2)  # one call for both gates
         n = torch.tanh(self.candidate.preact(x, r * state).squeeze(2))
-        h = torch.lerp(state, n, z)                                     # (1 - z) * H + z * n
+        dtype = torch.promote_types(state.dtype, n.dtype)               # lerp does not promote (autocast)
+        h = torch.lerp(state.to(dtype), n.to(dtype), z.to(dtype))      # (1 - z) * H + z * n
         return h, h
 
     def reference_forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
