@@ -24,5 +24,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Regenerates docs/performance.md (tens of minutes on a 2-core CPU; GPU parts skip without CUDA).
+bench: $(STAMP)
+	for s in step_time framework_tax data_wait profile_step compile_precision time_to_94; do \
+	  PYTHONPATH=src $(PY) benchmarks/$$s.py --markdown docs/performance.md || exit 1; done
+
 clean:
 	rm -rf runs .pytest_cache

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from _common import add_markdown_arg, table, write_section
 from selfreg.config import load_config
 from selfreg.data import build_dataset, build_loaders
 from selfreg.data.transforms import STATS
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the torchvision side")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the fast loader")
     parser.add_argument("--cache-dir", default="", help="cache folder (default: a fresh temporary one)")
+    add_markdown_arg(parser)
     return parser
 
 
@@ -79,13 +81,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         fast, cache_s, built, total = fast_loader(root, args.batch_size, args.cache_dir or tmp)
-        print(f"fast loader cache: {'built' if built else 'loaded'} for {total:,} images in {cache_s:.1f}s "
-              "(one-time; not in images/s)")
+        cache_note = (f"fast loader cache: {'built' if built else 'loaded'} for {total:,} images in {cache_s:.1f}s "
+                      "(one-time; not in images/s)")
         fast_rate, fast_n = images_per_second(fast)
         base_rate, base_n = images_per_second(torchvision_loader(root, args.batch_size, args.workers))
-    print(f"torchvision DataLoader + PIL ({args.workers} workers): {base_rate:8.0f} images/s  ({base_n:,} images)")
-    print(f"selfreg fast loader ({args.threads} threads):          {fast_rate:8.0f} images/s  ({fast_n:,} images)")
-    print(f"ratio fast / torchvision: {fast_rate / base_rate:.1f}x  (batch {args.batch_size}, CIFAR train transform)")
+    lines = [f"Batch {args.batch_size}, CIFAR train transform; one epoch each after a warm-up batch.", ""]
+    lines += table(["loader", "images/s", "images"],
+                   [[f"torchvision DataLoader + PIL ({args.workers} workers)", f"{base_rate:.0f}", f"{base_n:,}"],
+                    [f"selfreg fast loader ({args.threads} threads)", f"{fast_rate:.0f}", f"{fast_n:,}"]])
+    lines += ["", f"- ratio fast / torchvision: {fast_rate / base_rate:.1f}x (target >= 5x)", f"- {cache_note}"]
+    print("\n".join(lines))
+    if args.markdown:
+        write_section(args.markdown, "Loader: fast tensor loader vs DataLoader + PIL", lines)
 
 
 if __name__ == "__main__":

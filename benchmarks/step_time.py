@@ -3,29 +3,36 @@
     PYTHONPATH=src python benchmarks/step_time.py --batch 128 --steps 5 --rounds 3 --threads 2
 
 One step = forward + backward + SGD step on a random batch at 32x32. The models alternate
-in one process: after a warm-up, each round times `--steps` steps of every model in turn
-(the order rotates from round to round), so drifts in machine load hit all models alike.
-Each model's time is the median of all its timed steps; ratios are over resnet20.
+in one process (benchmarks/_common.py: warm-up, then rounds of `--steps` steps per model
+in rotating order; medians), so drifts in machine load hit all models alike; ratios are
+over resnet20. The "reference" rows run the same weights through the cells' formulation
+as written (`reference_forward`: interleaved copy, grouped 1x1, one activation per gate),
+i.e. the cells before the fast path (the blocks' split-weight fusion is the same in both
+rows); `--no-reference` leaves them out.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
+from _common import add_markdown_arg, interleave, medians, table, write_section
 from selfreg import create_model
 from selfreg.analysis.complexity import count_macs, count_parameters
+from selfreg.layers.convrnn import use_reference_cells
 
-# (label, registered name, builder kwargs); the first is the baseline of the ratios.
+# (label, registered name, builder kwargs, reference cells); the first is the ratios' baseline.
 MODELS = [
-    ("resnet20", "resnet20", {}),
-    ("rrnet20_gru light", "rrnet20_gru", {"form": "light"}),
-    ("rrnet20_gru full", "rrnet20_gru", {"form": "full"}),
-    ("rrnet20_lstm light", "rrnet20_lstm", {"form": "light"}),
-    ("rrnet20_lstm full", "rrnet20_lstm", {"form": "full"}),
+    ("resnet20", "resnet20", {}, False),
+    ("rrnet20_gru light", "rrnet20_gru", {"form": "light"}, False),
+    ("rrnet20_gru light (reference)", "rrnet20_gru", {"form": "light"}, True),
+    ("rrnet20_gru full", "rrnet20_gru", {"form": "full"}, False),
+    ("rrnet20_gru full (reference)", "rrnet20_gru", {"form": "full"}, True),
+    ("rrnet20_lstm light", "rrnet20_lstm", {"form": "light"}, False),
+    ("rrnet20_lstm light (reference)", "rrnet20_lstm", {"form": "light"}, True),
+    ("rrnet20_lstm full", "rrnet20_lstm", {"form": "full"}, False),
+    ("rrnet20_lstm full (reference)", "rrnet20_lstm", {"form": "full"}, True),
 ]
 
 
@@ -37,37 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--size", type=int, default=32, help="input height and width")
+    p.add_argument("--channels-last", action="store_true", help="models and batch in channels_last")
+    p.add_argument("--no-reference", action="store_true", help="leave out the reference-cell rows")
+    add_markdown_arg(p)
     return p
 
 
 class Trainee:
-    """A model with its optimizer and a fixed batch; `step()` returns its wall time in s."""
+    """A model with its optimizer and a fixed batch; `step()` runs one training step."""
 
-    def __init__(self, name: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor):
+    def __init__(self, name: str, kwargs: dict, reference: bool, x: torch.Tensor, y: torch.Tensor,
+                 channels_last: bool = False):
         torch.manual_seed(0)
         self.model = create_model(name, num_classes=10, **kwargs).train()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=fmt)
+        self.reference = reference
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         self.loss = nn.CrossEntropyLoss()
-        self.x, self.y = x, y
+        self.x, self.y = x.contiguous(memory_format=fmt), y
 
-    def step(self) -> float:
-        start = time.perf_counter()
+    def step(self) -> None:
+        use_reference_cells(self.model, self.reference)  # count_macs resets it to the fast path
         self.opt.zero_grad(set_to_none=True)
         self.loss(self.model(self.x), self.y).backward()
         self.opt.step()
-        return time.perf_counter() - start
-
-
-def measure(trainees: dict[str, Trainee], rounds: int, steps: int, warmup: int) -> dict[str, list[float]]:
-    for t in trainees.values():
-        for _ in range(warmup):
-            t.step()
-    times: dict[str, list[float]] = {label: [] for label in trainees}
-    labels = list(trainees)
-    for r in range(rounds):
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:  # rotate the order
-            times[label] += [trainees[label].step() for _ in range(steps)]
-    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,22 +77,31 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 10, (args.batch,))
-    trainees = {label: Trainee(name, kw, x, y) for label, name, kw in MODELS}
-    times = measure(trainees, args.rounds, args.steps, args.warmup)
-
-    base_label = MODELS[0][0]
-    medians = {label: statistics.median(ts) for label, ts in times.items()}
+    models = [m for m in MODELS if not (args.no_reference and m[3])]
+    trainees = {label: Trainee(name, kw, ref, x, y, args.channels_last) for label, name, kw, ref in models}
     macs = {label: count_macs(t.model, args.size) for label, t in trainees.items()}
-    print(f"batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, "
-          f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up steps; "
-          f"median step time, ratios over {base_label}")
-    header = f"{'model':<20} {'params':>9} {'MACs/img':>10} {'MAC ratio':>9} {'step ms':>9} {'time ratio':>10}"
-    print(header)
-    print("-" * len(header))
-    for label, t in trainees.items():
-        print(f"{label:<20} {count_parameters(t.model):>9,} {macs[label] / 1e6:>9.1f}M "
-              f"{macs[label] / macs[base_label]:>9.2f} {medians[label] * 1e3:>9.1f} "
-              f"{medians[label] / medians[base_label]:>10.2f}")
+    med = medians(interleave({label: t.step for label, t in trainees.items()},
+                             args.rounds, args.steps, args.warmup))
+
+    base = models[0][0]
+    lines = [f"batch {args.batch}, {args.size}x{args.size}, {args.threads} threads"
+             f"{', channels_last' if args.channels_last else ''}, {args.rounds} rounds x {args.steps} "
+             f"steps after {args.warmup} warm-up steps; median step time, ratios over {base}.", ""]
+    lines += table(["model", "params", "MACs/img", "MAC ratio", "step ms", "time ratio"],
+                   [[label, f"{count_parameters(t.model):,}", f"{macs[label] / 1e6:.1f}M",
+                     f"{macs[label] / macs[base]:.2f}", f"{med[label] * 1e3:.1f}", f"{med[label] / med[base]:.2f}"]
+                    for label, t in trainees.items()])
+    lines.append("")
+    for cell in ("gru", "lstm"):
+        light, full = med[f"rrnet20_{cell} light"], med[f"rrnet20_{cell} full"]
+        note = f"rrnet20_{cell}: light / full step time {light / full:.2f}"
+        if f"rrnet20_{cell} light (reference)" in med:
+            note += f"; light fast path / reference {light / med[f'rrnet20_{cell} light (reference)']:.2f}"
+        lines.append(f"- {note}")
+    print("\n".join(lines))
+    if args.markdown:
+        write_section(args.markdown, f"Step time: RegNet-20 over ResNet-20 ({args.threads} threads"
+                      f"{', channels_last' if args.channels_last else ''})", lines)
     return 0
 
 

@@ -110,3 +110,78 @@ def test_user_errors_name_the_valid_choices():
         resolve_regulator("transformer")
     assert resolve_regulator("gru") is ConvGRU and resolve_regulator(ConvLSTM) is ConvLSTM
     assert resolve_regulator(None) is None
+
+
+# ---------------------------------------------------------------- the fast path
+def _steps(cell, x, forward, steps=3):
+    """Run `steps` recurrent steps from zeros; return every hidden map."""
+    state, hs = cell.init_state(x), []
+    for _ in range(steps):
+        h, state = forward(x, state)
+        hs.append(h)
+    return torch.stack(hs)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("form", ["light", "full"])
+def test_fast_path_equals_the_reference_formulation(cell, form):
+    # forward: the re-expressed light form (PairMix + one depthwise call, lerp/addcmul) must
+    # give the interleaved grouped-1x1 formulation's outputs and gradients (fp32 rounding).
+    torch.manual_seed(0)
+    c = cell(8, form)
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # not just the init: nonzero everywhere
+    x = torch.randn(3, 8, 7, 6, requires_grad=True)
+    fast, ref = _steps(c, x, c.forward), _steps(c, x, c.reference_forward)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(fast)
+    inputs = [x, *c.parameters()]
+    g_fast = torch.autograd.grad((fast * weights).sum(), inputs)
+    g_ref = torch.autograd.grad((ref * weights).sum(), inputs)
+    for name, a, b in zip(["x", *(n for n, _ in c.named_parameters())], g_fast, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"grad of {name}: {m}")
+
+
+def test_pair_mix_gradients_in_double():
+    from selfreg.layers.convrnn import PairMix
+
+    torch.manual_seed(0)
+    x, h = (torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(PairMix.apply, (x, h, w))
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_light_form_keeps_its_parameter_layout(cell):
+    # Old checkpoints load: the fast path reads the grouped 1x1 and depthwise weights as they were.
+    shapes = {k: tuple(v.shape) for k, v in cell(16, "light").state_dict().items()}
+    k = {ConvRNN: 1, ConvGRU: 2, ConvLSTM: 4}[cell]
+    first = "conv" if cell is ConvRNN else "gates"
+    assert shapes[f"{first}.conv.0.weight"] == (16 * k, 2, 1, 1)
+    assert shapes[f"{first}.conv.1.weight"] == (16 * k, 1, 3, 3)
+    assert shapes[f"{first}.conv.1.bias"] == (16 * k,)
+
+
+def test_use_reference_cells_switches_and_restores():
+    from selfreg.layers.convrnn import use_reference_cells
+
+    model = torch.nn.Sequential(ConvGRU(4), ConvLSTM(4))
+    use_reference_cells(model)
+    assert all(m.forward == m.reference_forward for m in model)
+    use_reference_cells(model, False)
+    assert all("forward" not in m.__dict__ for m in model)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_fast_path_under_autocast_with_a_float32_state(cell):
+    # bf16 gate maps meet a float32 state: the result's dtype is the reference formulation's.
+    torch.manual_seed(0)
+    c = cell(4, "light")
+    x = torch.randn(2, 4, 5, 5)
+    state = c.init_state(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, _ = c(x, state)
+        ref, _ = c.reference_forward(x, state)
+    assert fast.dtype == ref.dtype
+    torch.testing.assert_close(fast.float(), ref.float(), atol=2e-2, rtol=2e-2)

@@ -180,3 +180,29 @@ def test_registry_meta():
         assert meta["source"] == "selfreg" and meta["family"]
         assert meta["paper"] == XU_2022 or name == "resnet50"
     assert len(RRNETS) == 9 + 3 + 6 + 1
+
+
+def test_fusion_with_split_weight_equals_the_concatenation():
+    from selfreg.models.regnet import fuse
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4, 1, bias=False)
+    x, h = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(fuse(conv, x, h), conv(torch.cat([x, h], 1)))
+
+
+def test_macs_count_the_reference_cells():
+    # The light form's grouped 1x1 runs as an element-wise multiply-add (not seen by the
+    # flop counter); MACs count the formulation as written: 2N per gate map and pixel.
+    from selfreg.analysis.complexity import count_macs
+    from selfreg.layers.convrnn import use_reference_cells
+
+    model = create_model("rrnet20_gru")
+    macs = count_macs(model, 32)
+    assert "forward" not in cells(model)[0].__dict__  # the fast path is back afterwards
+    plain = create_model("rrnet20_gru")
+    use_reference_cells(plain)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        plain.eval()(torch.zeros(1, 3, 32, 32))
+    assert macs == counter.get_total_flops() // 2

@@ -17,10 +17,15 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     FlopCounterMode counts a multiply-add as 2 FLOPs (convolutions, matmuls); we
     report half of its total, labelled MACs, as papers' "FLOPs" columns usually mean.
     The image is made on the model's device, so a model built on the meta device is
-    counted without memory or compute.
+    counted without memory or compute. RegNet cells are counted in their reference
+    formulation (the light form's grouped 1x1 is a convolution there, an element-wise
+    multiply-add in the fast path that FlopCounterMode would not see).
     """
+    from ..layers.convrnn import use_reference_cells
+
     was_training = model.training
     model.eval()
+    use_reference_cells(model)
     try:
         device = next(model.parameters()).device
         x = torch.zeros(1, in_chans, input_size, input_size, device=device)
@@ -28,6 +33,7 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
             model(x)
     finally:
         model.train(was_training)
+        use_reference_cells(model, False)
     return counter.get_total_flops() // 2
 
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
@@ -82,6 +83,17 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise UserError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
     return value
+
+
+def fuse(conv: nn.Conv2d, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """conv(cat([x, h], 1)) for a bias-free 1x1 `conv`, as conv(x, W_x) + conv(h, W_h).
+
+    The split weight does the same sum without materialising the concatenation (a copy
+    of 2N channels per block, and its gradient); measurably faster on the CPU
+    (benchmarks/step_time.py). Parameters and state-dict keys are those of `conv`.
+    """
+    n = x.shape[1]
+    return F.conv2d(x, conv.weight[:, :n]) + F.conv2d(h, conv.weight[:, n:])
 
 
 class _Regulated(nn.Module):
@@ -126,7 +138,7 @@ class RegBasicBlock(_Regulated):
     def forward(self, x: torch.Tensor, cell: ConvCell, state: Any) -> tuple[torch.Tensor, Any]:
         x2 = torch.relu(self.bn1(self.conv1(x)))                       # (B, C, H, W)
         h, state = self.regulate(x2, cell, state)                       # (B, C, H, W)
-        x3 = torch.relu(self.bn2(self.conv2(torch.cat([x2, h], 1))))   # (B, 2C, H, W) -> (B, C, H, W)
+        x3 = torch.relu(self.bn2(fuse(self.conv2, x2, h)))              # [X2, H]: (B, 2C, H, W) -> (B, C, H, W)
         x4 = self.se(self.bn3(self.conv3(x3)))
         return self.tap_output(torch.relu(self.shortcut(x) + x4)), state
 
@@ -164,7 +176,7 @@ class RegBottleneck(_Regulated):
         x2 = torch.relu(self.bn1(self.conv1(x)))                       # (B, N, H, W)
         h, state = self.regulate(x2[:, :, ::s, ::s], cell, state)       # (B, N, H/s, W/s)
         x3 = torch.relu(self.bn2(self.conv2(x2)))                       # (B, N, H/s, W/s)
-        x4 = torch.relu(self.bn3(self.conv3(torch.cat([x3, h], 1))))   # (B, 2N, ...) -> (B, N, ...)
+        x4 = torch.relu(self.bn3(fuse(self.conv3, x3, h)))              # [X3, H]: (B, 2N, ...) -> (B, N, ...)
         x5 = self.bn4(self.conv4(x4))                                   # (B, 4N, H/s, W/s)
         return self.tap_output(torch.relu(self.shortcut(x) + x5)), state
 
