@@ -76,6 +76,63 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .use.evaluate import default_out_dir, eval_data_config, eval_split, evaluate, summary_lines, write_report
+    from .use.trained import load_trained, pick_device
+
+    device = pick_device(args.device)
+    trained = load_trained(args.checkpoint, device=device)
+    data_cfg = eval_data_config(trained, args.data, args.root, args.overrides)
+    images = eval_split(trained, data_cfg, args.split, device)
+    result = evaluate(trained.model, images, trained.classes, tta=args.tta, k=args.topk)
+    header = {"checkpoint": str(trained.source), "model": trained.name, "dataset": data_cfg.name,
+              "split": args.split}
+    out = Path(args.out) if args.out else default_out_dir(trained, data_cfg.name, args.split, args.tta)
+    files = write_report(result, out, header)
+    print("\n".join(summary_lines(result, header)))
+    print(f"wrote {', '.join(map(str, files))}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .use.predict import format_table, predict
+    from .use.trained import load_trained, pick_device
+
+    trained = load_trained(args.checkpoint, device=pick_device(args.device))
+    rows = predict(trained, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(format_table(rows))
+    failed = [r for r in rows if r.error]
+    if failed:
+        print(f"selfreg: {len(failed)} of {len(rows)} file(s) could not be read: "
+              + "; ".join(f"{r.file} ({r.error})" for r in failed[:10]), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .use.export import export
+    from .use.trained import load_trained, pick_device
+
+    trained = load_trained(args.checkpoint, device=pick_device(args.device))
+    options = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
+    result = export(trained, args.format, args.out, check=not args.no_check, **options)
+    print(f"wrote {', '.join(map(str, result.files))} ({trained.name}, {result.exporter}, dynamic batch, "
+          f"input {trained.in_chans}x{trained.transform.image_size[0]}x{trained.transform.image_size[1]})")
+    if result.max_abs_diff is not None:
+        print(f"max abs difference vs PyTorch: {result.max_abs_diff:.3g} (random inputs, batch sizes "
+              f"{', '.join(map(str, result.checked_batches))})")
+    elif result.note:
+        print(result.note)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -99,6 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="markdown page: params and MACs at 32x32 and native size, source, paper, "
                              "adaptation, recipe (`selfreg models --table > docs/zoo.md`)")
     models.set_defaults(func=cmd_models)
+
+    evaluate = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and a confusion matrix of a checkpoint")
+    evaluate.add_argument("checkpoint", help="a run checkpoint (runs/x/checkpoints/best.pt) or exported .safetensors")
+    evaluate.add_argument("overrides", nargs="*", help="data.key=value overrides, e.g. data.cache=true")
+    evaluate.add_argument("--data", metavar="NAME", help="dataset name (default: the checkpoint's own)")
+    evaluate.add_argument("--root", metavar="DIR", help="the dataset's data.root (for folder: the image tree)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--tta", default="none", choices=["none", "flip"],
+                          help="test-time augmentation: flip averages the image and its mirror")
+    evaluate.add_argument("--topk", type=int, default=5, help="k of the top-k accuracy (default 5)")
+    evaluate.add_argument("-o", "--out", metavar="DIR", help="output folder (default RUN/eval/<split>)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
+
+    pred = sub.add_parser("predict", help="class probabilities for images, with the checkpoint's own transform")
+    pred.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
+    pred.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    pred.add_argument("--topk", type=int, default=5)
+    pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pred.add_argument("--device", default="auto")
+    pred.set_defaults(func=cmd_predict)
+
+    exp = sub.add_parser("export", help="ONNX / TorchScript / safetensors, checked against PyTorch")
+    exp.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
+    exp.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    exp.add_argument("-o", "--out", metavar="PATH", help="output file (default: next to the checkpoint)")
+    exp.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
+                     help="ONNX: torch.onnx's dynamo exporter, the TorchScript-based one, or dynamo then legacy")
+    exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    exp.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+    exp.add_argument("--device", default="cpu")
+    exp.set_defaults(func=cmd_export)
     return parser
 
 
