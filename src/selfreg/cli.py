@@ -133,6 +133,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis.features import feature_figure
+    from .use.trained import load_trained, pick_device, run_dir_of
+
+    trained = load_trained(args.checkpoint, device=pick_device(args.device))
+    out = Path(args.out) if args.out else run_dir_of(trained.source) / "features" / f"{Path(args.image).stem}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    blocks = feature_figure(trained, args.image, args.blocks, out, channels=args.channels)
+    for b in blocks:
+        print(f"block {b.label}: {', '.join(sorted(b.taps))}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .analysis.features import probe_blocks, probe_table
+    from .use.evaluate import eval_data_config
+    from .use.trained import load_trained, pick_device
+
+    device = pick_device(args.device)
+    results = []
+    for path in args.checkpoints:
+        trained = load_trained(path, device=device)
+        data_cfg = eval_data_config(trained, args.data, args.root, args.overrides)
+        results.append(probe_blocks(trained, data_cfg, args.blocks, args.max_images, device))
+    print(probe_table(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -188,6 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     exp.add_argument("--device", default="cpu")
     exp.set_defaults(func=cmd_export)
+
+    feat = sub.add_parser("features", help="PNG grid of feature maps per block (I, H, O for RegNets; the paper's Fig. 1a)")
+    feat.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
+    feat.add_argument("image", help="one image file")
+    feat.add_argument("--blocks", default="last3", help="1-based block numbers: 7,8,9 or 7-9 or last3 or all")
+    feat.add_argument("--channels", type=int, default=3, help="most active channels shown per map, besides the mean")
+    feat.add_argument("-o", "--out", metavar="PNG", help="output file (default RUN/features/<image>.png)")
+    feat.add_argument("--device", default="auto")
+    feat.set_defaults(func=cmd_features)
+
+    probe = sub.add_parser("probe", help="linear probes on pooled outputs of the last blocks (the paper's Fig. 1b)")
+    probe.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                       help="one or more checkpoints, side by side (e.g. a ResNet and a RegNet)")
+    probe.add_argument("--data", metavar="NAME", help="dataset name (default: each checkpoint's own)")
+    probe.add_argument("--root", metavar="DIR", help="the dataset's data.root")
+    probe.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                       help="a data override (repeatable), e.g. --set data.cache=true")
+    probe.add_argument("--blocks", default="last3", help="blocks to probe: last3 (default), 7,8,9, 7-9 or all")
+    probe.add_argument("--max-images", type=int, default=5000,
+                       help="a fixed random sample of at most this many images per split (0: all)")
+    probe.add_argument("-o", "--out", metavar="JSON", help="also write the numbers as JSON")
+    probe.add_argument("--device", default="auto")
+    probe.set_defaults(func=cmd_probe)
     return parser
 
 

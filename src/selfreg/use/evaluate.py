@@ -99,21 +99,43 @@ def _short(names: list[str], limit: int = 20) -> str:
 
 def eval_split(trained: Trained, data_cfg, split: str, device: torch.device | str = "cpu") -> EvalSplit:
     """The split's stored images through the checkpoint's eval transform, and the label map."""
-    from ..data.datasets import Transformed, build_dataset
+    return eval_splits(trained, data_cfg, [split], device)[split]
+
+
+def eval_splits(trained: Trained, data_cfg, wanted: list[str], device: torch.device | str = "cpu",
+                limit: int = 0, test_fallback: bool = False) -> dict[str, EvalSplit]:
+    """Several splits of one dataset build. `limit` > 0 keeps a fixed-seed random sample of
+    that many images per split; `test_fallback` uses val where the dataset has no test split."""
+    from ..data.datasets import build_dataset
+
+    for split in wanted:
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    splits = build_dataset(data_cfg, with_test="test" in wanted)
+    label_map = class_map(list(splits.classes), trained.classes, data_cfg.name)
+    out = {}
+    for split in wanted:
+        chosen, name = getattr(splits, split), split
+        if chosen is None and test_fallback:
+            chosen, name = splits.val, "val"
+        if chosen is None:
+            raise UserError(f"dataset {data_cfg.name} has no test split; use --split val")
+        out[split] = _loader(trained, data_cfg, splits, chosen.base, name, label_map, torch.device(device), limit)
+    return out
+
+
+def _loader(trained: Trained, data_cfg, splits, base, split: str, label_map: torch.Tensor,
+            device: torch.device, limit: int) -> EvalSplit:
+    from ..data.datasets import Transformed, select
     from ..data.loader import LOADERS, choose_loader
 
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    splits = build_dataset(data_cfg, with_test=split == "test")
-    chosen = getattr(splits, split)
-    if chosen is None:
-        raise UserError(f"dataset {data_cfg.name} has no test split; use --split val")
-    label_map = class_map(list(splits.classes), trained.classes, data_cfg.name)
-    base = chosen.base
+    if 0 < limit < len(base):
+        idx = torch.randperm(len(base), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        base = select(base, idx)
     native_channels = base[0][0].shape[0]
     dataset = Transformed(base, trained.transform.pipeline(native_channels))
     make = LOADERS[choose_loader(data_cfg.loader, splits)]
-    loader = make(dataset, data_cfg.eval_batch_size, shuffle=False, seed=0, device=torch.device(device), rank=0,
+    loader = make(dataset, data_cfg.eval_batch_size, shuffle=False, seed=0, device=device, rank=0,
                   world_size=1, num_workers=data_cfg.num_workers)
     return EvalSplit(loader, label_map, data_cfg.name, split, len(dataset))
 
@@ -169,8 +191,9 @@ def evaluate(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "
 def default_out_dir(trained: Trained, dataset: str, split: str, tta: str) -> Path:
     """RUN/eval/<split> for a run checkpoint (RUN/checkpoints/x.pt), else next to the file;
     another dataset than the run's gets its name in front, TTA its name behind."""
-    parent = trained.source.parent
-    run = parent.parent if parent.name == "checkpoints" else parent
+    from .trained import run_dir_of
+
+    run = run_dir_of(trained.source)
     name = split if dataset == trained.data.get("name") else f"{dataset}-{split}"
     return run / "eval" / (name if tta == "none" else f"{name}-{tta}")
 

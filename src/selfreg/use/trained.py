@@ -118,3 +118,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
     return torch.device(name)
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """RUN for RUN/checkpoints/x.pt (where outputs go), else the file's own folder."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
