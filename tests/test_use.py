@@ -274,7 +274,8 @@ def test_export_parity_onnx_and_torchscript(name, tmp_path):
     onnx = export(trained, "onnx", exporter="legacy")
     script = export(trained, "torchscript")
     for result in (onnx, script):
-        assert result.checked_batches == CHECK_BATCHES and result.max_abs_diff < 1e-4, (result, name)
+        assert result.checked_batches == CHECK_BATCHES, (result, name)
+        assert result.max_abs_diff < 1e-5 * max(1.0, result.max_abs_logit), (result, name)
         assert result.path.is_file()
 
 
@@ -286,7 +287,7 @@ def test_export_parity_onnx_dynamo(name, tmp_path):
     from selfreg.use.export import export
 
     result = export(fresh(name, tmp_path), "onnx", exporter="dynamo")
-    assert result.exporter == "dynamo" and result.max_abs_diff < 1e-4
+    assert result.exporter == "dynamo" and result.max_abs_diff < 1e-5 * max(1.0, result.max_abs_logit)
 
 
 def test_unexportable_model_is_one_line(tmp_path):

@@ -127,7 +127,7 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"input {trained.in_chans}x{trained.transform.image_size[0]}x{trained.transform.image_size[1]})")
     if result.max_abs_diff is not None:
         print(f"max abs difference vs PyTorch: {result.max_abs_diff:.3g} (random inputs, batch sizes "
-              f"{', '.join(map(str, result.checked_batches))})")
+              f"{', '.join(map(str, result.checked_batches))}; logits up to {result.max_abs_logit:.3g})")
     elif result.note:
         print(result.note)
     return 0
@@ -151,6 +151,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     import json
+    import re
     from pathlib import Path
 
     from .analysis.features import probe_blocks, probe_table
@@ -158,10 +159,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .use.trained import load_trained, pick_device
 
     device = pick_device(args.device)
+    # `selfreg probe A.pt B.pt [data.key=value ...]`: the items with "=" are overrides.
+    overrides = [a for a in args.items if re.match(r"^[\w.]+=", a)]
+    checkpoints = [a for a in args.items if a not in overrides]
+    if not checkpoints:
+        raise UserError("pass at least one checkpoint, e.g. selfreg probe runs/a/checkpoints/best.pt")
     results = []
-    for path in args.checkpoints:
+    for path in checkpoints:
         trained = load_trained(path, device=device)
-        data_cfg = eval_data_config(trained, args.data, args.root, args.overrides)
+        data_cfg = eval_data_config(trained, args.data, args.root, overrides)
         results.append(probe_blocks(trained, data_cfg, args.blocks, args.max_images, device))
     print(probe_table(results))
     if args.out:
@@ -237,12 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     feat.set_defaults(func=cmd_features)
 
     probe = sub.add_parser("probe", help="linear probes on pooled outputs of the last blocks (the paper's Fig. 1b)")
-    probe.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                       help="one or more checkpoints, side by side (e.g. a ResNet and a RegNet)")
+    probe.add_argument("items", nargs="+", metavar="CHECKPOINT_OR_OVERRIDE",
+                       help="one or more checkpoints, side by side (e.g. a ResNet and a RegNet), and "
+                            "data.key=value overrides")
     probe.add_argument("--data", metavar="NAME", help="dataset name (default: each checkpoint's own)")
     probe.add_argument("--root", metavar="DIR", help="the dataset's data.root")
-    probe.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                       help="a data override (repeatable), e.g. --set data.cache=true")
     probe.add_argument("--blocks", default="last3", help="blocks to probe: last3 (default), 7,8,9, 7-9 or all")
     probe.add_argument("--max-images", type=int, default=5000,
                        help="a fixed random sample of at most this many images per split (0: all)")
