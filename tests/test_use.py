@@ -325,6 +325,8 @@ def test_safetensors_round_trip(sel, runs, tmp_path):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
     assert sel("predict", out, img).returncode == 0
+    assert sel("eval", out, "-o", tmp_path / "e").returncode == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["dataset"] == "digits"
 
 
 # ------------------------------------------------------------------------------ features and probe
@@ -344,7 +346,8 @@ def test_features_grid(sel, runs, tmp_path):
 
 
 def test_probe_side_by_side(sel, runs, tmp_path):
-    proc = sel("probe", runs["resnet"], runs["regnet"], "--max-images", "80", "-o", tmp_path / "p.json")
+    proc = sel("probe", runs["resnet"], runs["regnet"], "data.eval_batch_size=40", "--max-images", "80",
+               "-o", tmp_path / "p.json")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "resnet20 [a]" in lines[0] and "rrnet20_gru [b]" in lines[0]

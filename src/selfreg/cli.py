@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--device", default="cpu")
     exp.set_defaults(func=cmd_export)
 
-    feat = sub.add_parser("features", help="PNG grid of feature maps per block (I, H, O for RegNets; the paper's Fig. 1a)")
+    feat = sub.add_parser("features",
+                          help="PNG grid of feature maps per block (I, H, O for RegNets; the paper's Fig. 1a)")
     feat.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
     feat.add_argument("image", help="one image file")
     feat.add_argument("--blocks", default="last3", help="1-based block numbers: 7,8,9 or 7-9 or last3 or all")

@@ -139,7 +139,8 @@ def _tensor(output: Any) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def capture(model: nn.Module, x: torch.Tensor, blocks: list[Block]) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+def capture(model: nn.Module, x: torch.Tensor,
+            blocks: list[Block]) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
     """Run the model once; per block, its captured maps (kinds it has); and the logits."""
     records: list[dict[str, torch.Tensor]] = [{} for _ in blocks]
     handles = []
@@ -284,13 +285,13 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 # ------------------------------------------------------------------------------ the commands
 def feature_figure(trained, image_path, spec: str, out, channels: int = 3) -> list[Block]:
     """`selfreg features`: the maps of the chosen blocks for one image file, as a PNG grid."""
-    from ..data.images import BadImage, open_image
+    from ..data.images import BadImage
+    from ..use.predict import load_input
 
     try:
-        with open_image(str(image_path)) as im:
-            x = trained.transform.image(im)
-    except (BadImage, FileNotFoundError) as exc:
-        raise UserError(f"cannot read image {image_path} ({exc or 'not found'})") from None
+        x = load_input(Path(image_path), trained)
+    except BadImage as exc:
+        raise UserError(f"cannot read image {image_path} ({exc})") from None
     blocks = select_blocks(find_blocks(trained.model), spec)
     device = next(trained.model.parameters()).device
     maps, logits = capture(trained.model, x[None].to(device), blocks)
