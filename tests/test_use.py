@@ -290,6 +290,18 @@ def test_export_parity_onnx_dynamo(name, tmp_path):
     assert result.exporter == "dynamo" and result.max_abs_diff < 1e-5 * max(1.0, result.max_abs_logit)
 
 
+def test_auto_falls_back_to_the_legacy_exporter(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from selfreg.use import export as export_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("dynamo cannot trace this\nsecond line")
+
+    monkeypatch.setitem(export_module.ONNX_EXPORTERS, "dynamo", broken)
+    result = export_module.export(fresh("lenet_bn", tmp_path), "onnx")          # exporter="auto"
+    assert result.exporter == "legacy" and result.max_abs_diff is not None
+
+
 def test_unexportable_model_is_one_line(tmp_path):
     from selfreg.use.export import export
 
