@@ -100,6 +100,104 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]), note=args.note)
     print(f"report: {out} and {out.with_suffix('.html')} (figures in {out.parent / (out.stem + '-figures')})")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .use.evaluate import default_out_dir, eval_data_config, eval_split, evaluate, summary_lines, write_report
+    from .use.trained import load_trained, pick_device
+
+    device = pick_device(args.device)
+    trained = load_trained(args.checkpoint, device=device)
+    data_cfg = eval_data_config(trained, args.data, args.root, args.overrides)
+    images = eval_split(trained, data_cfg, args.split, device)
+    result = evaluate(trained.model, images, trained.classes, tta=args.tta, k=args.topk)
+    header = {"checkpoint": str(trained.source), "model": trained.name, "dataset": data_cfg.name,
+              "split": args.split}
+    out = Path(args.out) if args.out else default_out_dir(trained, data_cfg.name, args.split, args.tta)
+    files = write_report(result, out, header)
+    print("\n".join(summary_lines(result, header)))
+    print(f"wrote {', '.join(map(str, files))}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .use.predict import format_table, predict
+    from .use.trained import load_trained, pick_device
+
+    trained = load_trained(args.checkpoint, device=pick_device(args.device))
+    rows = predict(trained, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(format_table(rows))
+    failed = [r for r in rows if r.error]
+    if failed:
+        print(f"selfreg: {len(failed)} of {len(rows)} file(s) could not be read: "
+              + "; ".join(f"{r.file} ({r.error})" for r in failed[:10]), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .use.export import export
+    from .use.trained import load_trained, pick_device
+
+    trained = load_trained(args.checkpoint, device=pick_device(args.device))
+    options = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
+    result = export(trained, args.format, args.out, check=not args.no_check, **options)
+    print(f"wrote {', '.join(map(str, result.files))} ({trained.name}, {result.exporter}, dynamic batch, "
+          f"input {trained.in_chans}x{trained.transform.image_size[0]}x{trained.transform.image_size[1]})")
+    if result.max_abs_diff is not None:
+        print(f"max abs difference vs PyTorch: {result.max_abs_diff:.3g} (random inputs, batch sizes "
+              f"{', '.join(map(str, result.checked_batches))}; logits up to {result.max_abs_logit:.3g})")
+    elif result.note:
+        print(result.note)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis.features import feature_figure
+    from .use.trained import load_trained, pick_device, run_dir_of
+
+    trained = load_trained(args.checkpoint, device=pick_device(args.device))
+    out = Path(args.out) if args.out else run_dir_of(trained.source) / "features" / f"{Path(args.image).stem}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    blocks = feature_figure(trained, args.image, args.blocks, out, channels=args.channels)
+    for b in blocks:
+        print(f"block {b.label}: {', '.join(sorted(b.taps))}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import json
+    import re
+    from pathlib import Path
+
+    from .analysis.features import probe_blocks, probe_table
+    from .use.evaluate import eval_data_config
+    from .use.trained import load_trained, pick_device
+
+    device = pick_device(args.device)
+    # `selfreg probe A.pt B.pt [data.key=value ...]`: the items with "=" are overrides.
+    overrides = [a for a in args.items if re.match(r"^[\w.]+=", a)]
+    checkpoints = [a for a in args.items if a not in overrides]
+    if not checkpoints:
+        raise UserError("pass at least one checkpoint, e.g. selfreg probe runs/a/checkpoints/best.pt")
+    results = []
+    for path in checkpoints:
+        trained = load_trained(path, device=device)
+        data_cfg = eval_data_config(trained, args.data, args.root, overrides)
+        results.append(probe_blocks(trained, data_cfg, args.blocks, args.max_images, device))
+    print(probe_table(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -145,6 +243,60 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", metavar="REPORT.md", help="default: FOLDER/report.md")
     report.add_argument("--note", default="", help="a paragraph at the top (e.g. what scale the runs are)")
     report.set_defaults(func=cmd_report)
+    evaluate = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and a confusion matrix of a checkpoint")
+    evaluate.add_argument("checkpoint", help="a run checkpoint (runs/x/checkpoints/best.pt) or exported .safetensors")
+    evaluate.add_argument("overrides", nargs="*", help="data.key=value overrides, e.g. data.cache=true")
+    evaluate.add_argument("--data", metavar="NAME", help="dataset name (default: the checkpoint's own)")
+    evaluate.add_argument("--root", metavar="DIR", help="the dataset's data.root (for folder: the image tree)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--tta", default="none", choices=["none", "flip"],
+                          help="test-time augmentation: flip averages the image and its mirror")
+    evaluate.add_argument("--topk", type=int, default=5, help="k of the top-k accuracy (default 5)")
+    evaluate.add_argument("-o", "--out", metavar="DIR", help="output folder (default RUN/eval/<split>)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
+
+    pred = sub.add_parser("predict", help="class probabilities for images, with the checkpoint's own transform")
+    pred.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
+    pred.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    pred.add_argument("--topk", type=int, default=5)
+    pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pred.add_argument("--device", default="auto")
+    pred.set_defaults(func=cmd_predict)
+
+    exp = sub.add_parser("export", help="ONNX / TorchScript / safetensors, checked against PyTorch")
+    exp.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
+    exp.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    exp.add_argument("-o", "--out", metavar="PATH", help="output file (default: next to the checkpoint)")
+    exp.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
+                     help="ONNX: torch.onnx's dynamo exporter, the TorchScript-based one, or dynamo then legacy")
+    exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    exp.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+    exp.add_argument("--device", default="cpu")
+    exp.set_defaults(func=cmd_export)
+
+    feat = sub.add_parser("features",
+                          help="PNG grid of feature maps per block (I, H, O for RegNets; the paper's Fig. 1a)")
+    feat.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
+    feat.add_argument("image", help="one image file")
+    feat.add_argument("--blocks", default="last3", help="1-based block numbers: 7,8,9 or 7-9 or last3 or all")
+    feat.add_argument("--channels", type=int, default=3, help="most active channels shown per map, besides the mean")
+    feat.add_argument("-o", "--out", metavar="PNG", help="output file (default RUN/features/<image>.png)")
+    feat.add_argument("--device", default="auto")
+    feat.set_defaults(func=cmd_features)
+
+    probe = sub.add_parser("probe", help="linear probes on pooled outputs of the last blocks (the paper's Fig. 1b)")
+    probe.add_argument("items", nargs="+", metavar="CHECKPOINT_OR_OVERRIDE",
+                       help="one or more checkpoints, side by side (e.g. a ResNet and a RegNet), and "
+                            "data.key=value overrides")
+    probe.add_argument("--data", metavar="NAME", help="dataset name (default: each checkpoint's own)")
+    probe.add_argument("--root", metavar="DIR", help="the dataset's data.root")
+    probe.add_argument("--blocks", default="last3", help="blocks to probe: last3 (default), 7,8,9, 7-9 or all")
+    probe.add_argument("--max-images", type=int, default=5000,
+                       help="a fixed random sample of at most this many images per split (0: all)")
+    probe.add_argument("-o", "--out", metavar="JSON", help="also write the numbers as JSON")
+    probe.add_argument("--device", default="auto")
+    probe.set_defaults(func=cmd_probe)
     return parser
 
 
@@ -154,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     # argparse no longer assigns positionals: collect them here.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+        # `overrides` for train/sweep/eval; probe mixes checkpoints and overrides in `items`.
+        target = next((name for name in ("overrides", "items") if hasattr(args, name)), None)
+        if target is None or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = list(args.overrides) + extra
+        setattr(args, target, list(getattr(args, target)) + extra)
     try:
         return args.func(args)
     except UserError as exc:

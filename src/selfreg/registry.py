@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
@@ -74,10 +75,22 @@ def register_model(name: str | None = None, **meta: Any) -> Callable:
     return MODELS.register(name, **meta)
 
 
-def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs: Any):
-    """Build a registered model by name."""
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                 checkpoint: str | Path | None = None, **kwargs: Any):
+    """Build a registered model by name (10 classes and 3 channels unless given).
+
+    With `checkpoint` (a run's `.pt` or an exported `.safetensors`), the model is built as
+    the file says (classes, channels, builder arguments) and its weights are loaded; the
+    file must hold a `name` model. The result is in eval mode.
+    """
+    if checkpoint is not None:
+        from .use.trained import load_trained
+
+        return load_trained(checkpoint, name=name, num_classes=num_classes, in_chans=in_chans, **kwargs).model
     _ensure_models_imported()
     builder = MODELS.get(name)
+    num_classes = 10 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
     try:
         return builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as exc:

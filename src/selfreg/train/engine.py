@@ -28,6 +28,7 @@ from .. import __version__
 from ..analysis.complexity import count_parameters
 from ..config import Config, save_config
 from ..data import build_dataset, build_loaders
+from ..data.eval_transform import EvalTransform
 from ..errors import UserError
 from ..models.zoo import takes_img_size
 from ..registry import create_model
@@ -376,7 +377,9 @@ class Run:
                 "rng": rng_state(), "config": self.cfg.to_dict(), "model_name": self.cfg.model.name,
                 "classes": list(self.splits.classes), "in_chans": self.splits.in_chans,
                 "image_size": self.splits.image_size, "mean": list(self.splits.mean),
-                "std": list(self.splits.std), "selfreg_version": __version__}
+                "std": list(self.splits.std), "selfreg_version": __version__,
+                # What `selfreg predict` needs to turn any image into a model input.
+                "transform": EvalTransform.from_splits(self.cfg.data, self.splits).to_dict()}
 
     def save(self, best: bool = False) -> None:
         if not self.ctx.is_main:

@@ -1,0 +1,255 @@
+"""`selfreg eval`: accuracy, loss, per-class accuracy and a confusion matrix of a trained model.
+
+    data_cfg = eval_data_config(trained, name="folder", root="photos", overrides=["data.cache=true"])
+    images = eval_split(trained, data_cfg, "test")       # EvalSplit: loader + label map to the model's classes
+    result = evaluate(trained.model, images, tta="flip")
+    write_report(result, out_dir)                        # metrics.json, confusion.png
+
+The data are any registered dataset (the checkpoint's own by default) whose class names
+are the checkpoint's; their order may differ (labels are remapped by name). Images go
+through the checkpoint's saved eval transform, not one rebuilt from the new data, so a
+folder of photos is normalised as the training data was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .trained import Trained
+
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------- test-time augmentation
+# name -> log-probabilities of a batch; averaging happens on probabilities.
+def _no_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(model(x).float(), dim=1)
+
+
+def _flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    both = torch.stack([F.log_softmax(model(x).float(), 1), F.log_softmax(model(x.flip(-1)).float(), 1)])
+    return torch.logsumexp(both, 0) - math.log(2)
+
+
+TTA: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {"none": _no_tta, "flip": _flip_tta}
+
+
+# ---------------------------------------------------------------------------- data
+def eval_data_config(trained: Trained, name: str | None = None, root: str | None = None,
+                     overrides: list[str] | tuple[str, ...] = ()):
+    """The checkpoint's data config, or (another dataset) defaults fitted to the checkpoint,
+    then `root` and `data.key=value` overrides (the `data.` prefix may be left out)."""
+    from ..config import DataConfig, from_dict, parse_override, set_dotted
+
+    own = trained.data.get("name")
+    if name is None and not own:
+        raise UserError(f"{trained.source} holds no data config (a weights file); pass --data NAME")
+    if name is None or name == own:
+        fields = {f.name for f in dataclasses.fields(DataConfig)}
+        raw = {k: v for k, v in trained.data.items() if k in fields}
+    else:
+        h, w = trained.transform.image_size
+        # The saved transform does the resizing; `imagenet` keeps photo sizes for its centre crop.
+        raw = {"name": name, "image_size": h if h == w else 0,
+               "augment": ["imagenet"] if trained.transform.resize == "center_crop" else ["none"]}
+    if root is not None:
+        raw["root"] = root
+    tree = {"data": raw}
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(tree, key if key.startswith("data.") else f"data.{key}", value)
+    if set(tree) != {"data"}:
+        raise UserError(f"eval takes data.* overrides only, got {', '.join(k for k in tree if k != 'data')}.*")
+    return from_dict(DataConfig, tree["data"], prefix="data.")
+
+
+@dataclass
+class EvalSplit:
+    loader: Any                    # yields (float images, dataset labels)
+    label_map: torch.Tensor        # dataset label -> model class index
+    dataset: str
+    split: str
+    count: int
+
+
+def class_map(data_classes: list[str], model_classes: list[str], dataset: str) -> torch.Tensor:
+    """Dataset label -> model class index, matched by name; any difference is one line listing both."""
+    if sorted(data_classes) != sorted(model_classes):
+        raise UserError(f"the classes of dataset {dataset} do not match the checkpoint's: dataset "
+                        f"[{_short(data_classes)}] ({len(data_classes)}), checkpoint [{_short(model_classes)}] "
+                        f"({len(model_classes)})")
+    index = {c: i for i, c in enumerate(model_classes)}
+    return torch.tensor([index[c] for c in data_classes], dtype=torch.long)
+
+
+def _short(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def eval_split(trained: Trained, data_cfg, split: str, device: torch.device | str = "cpu") -> EvalSplit:
+    """The split's stored images through the checkpoint's eval transform, and the label map."""
+    return eval_splits(trained, data_cfg, [split], device)[split]
+
+
+def eval_splits(trained: Trained, data_cfg, wanted: list[str], device: torch.device | str = "cpu",
+                limit: int = 0, test_fallback: bool = False) -> dict[str, EvalSplit]:
+    """Several splits of one dataset build. `limit` > 0 keeps a fixed-seed random sample of
+    that many images per split; `test_fallback` uses val where the dataset has no test split."""
+    from ..data.datasets import build_dataset
+
+    for split in wanted:
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    splits = build_dataset(data_cfg, with_test="test" in wanted)
+    label_map = class_map(list(splits.classes), trained.classes, data_cfg.name)
+    out = {}
+    for split in wanted:
+        chosen, name = getattr(splits, split), split
+        if chosen is None and test_fallback:
+            chosen, name = splits.val, "val"
+        if chosen is None:
+            raise UserError(f"dataset {data_cfg.name} has no test split; use --split val")
+        out[split] = _loader(trained, data_cfg, splits, chosen.base, name, label_map, torch.device(device), limit)
+    return out
+
+
+def _loader(trained: Trained, data_cfg, splits, base, split: str, label_map: torch.Tensor,
+            device: torch.device, limit: int) -> EvalSplit:
+    from ..data.datasets import Transformed, select
+    from ..data.loader import LOADERS, choose_loader
+
+    if 0 < limit < len(base):
+        idx = torch.randperm(len(base), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        base = select(base, idx)
+    native_channels = base[0][0].shape[0]
+    dataset = Transformed(base, trained.transform.pipeline(native_channels))
+    make = LOADERS[choose_loader(data_cfg.loader, splits)]
+    loader = make(dataset, data_cfg.eval_batch_size, shuffle=False, seed=0, device=device, rank=0,
+                  world_size=1, num_workers=data_cfg.num_workers)
+    return EvalSplit(loader, label_map, data_cfg.name, split, len(dataset))
+
+
+# ---------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalResult:
+    classes: list[str]
+    confusion: np.ndarray          # (true, predicted) counts, in the model's class order
+    loss: float
+    top1: float
+    topk: float
+    k: int
+    count: int
+    tta: str = "none"
+
+    @property
+    def per_class(self) -> dict[str, dict[str, float]]:
+        totals = self.confusion.sum(1)
+        return {c: {"acc": float(self.confusion[i, i] / totals[i]) if totals[i] else float("nan"),
+                    "images": int(totals[i])} for i, c in enumerate(self.classes)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.count, "tta": self.tta, "loss": self.loss, "top1": self.top1,
+                f"top{self.k}": self.topk, "k": self.k, "per_class": self.per_class, "classes": self.classes,
+                "confusion": self.confusion.tolist()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5) -> EvalResult:
+    if tta not in TTA:
+        raise UserError(f"unknown --tta {tta!r}; valid: {', '.join(TTA)}")
+    model.eval()
+    n = len(classes)
+    k = min(k, n)
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    loss_sum, top1, topk, seen = 0.0, 0, 0, 0
+    for images, labels in data.loader:
+        labels = data.label_map.to(labels.device)[labels]
+        logp = TTA[tta](model, images)                                   # (B, classes)
+        loss_sum += F.nll_loss(logp, labels, reduction="sum").item()
+        best = logp.topk(k, dim=1).indices                               # (B, k)
+        top1 += (best[:, 0] == labels).sum().item()
+        topk += (best == labels[:, None]).any(1).sum().item()
+        seen += labels.numel()
+        confusion += torch.bincount((labels * n + best[:, 0]).cpu(), minlength=n * n).view(n, n)
+    if seen == 0:
+        raise UserError(f"the {data.split} split of {data.dataset} holds no images")
+    return EvalResult(list(classes), confusion.numpy(), loss_sum / seen, top1 / seen, topk / seen, k, seen, tta)
+
+
+# ---------------------------------------------------------------------------- output
+def default_out_dir(trained: Trained, dataset: str, split: str, tta: str) -> Path:
+    """RUN/eval/<split> for a run checkpoint (RUN/checkpoints/x.pt), else next to the file;
+    another dataset than the run's gets its name in front, TTA its name behind."""
+    from .trained import run_dir_of
+
+    run = run_dir_of(trained.source)
+    name = split if dataset == trained.data.get("name") else f"{dataset}-{split}"
+    return run / "eval" / (name if tta == "none" else f"{name}-{tta}")
+
+
+def write_report(result: EvalResult, out_dir: Path, header: dict[str, Any]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = out_dir / "metrics.json"
+    metrics.write_text(json.dumps({**header, **result.to_dict()}, indent=2) + "\n")
+    png = out_dir / "confusion.png"
+    plot_confusion(result, png, title=f"{header.get('model', '')} on {header.get('dataset', '')} "
+                                      f"{header.get('split', '')}: top-1 {100 * result.top1:.2f}%")
+    return [metrics, png]
+
+
+def plot_confusion(result: EvalResult, path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (each row: where that true class went); counts when small."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = result.confusion
+    n = len(result.classes)
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * n + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 50:
+        ax.set_xticks(range(n), result.classes, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), result.classes, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_lines(result: EvalResult, header: dict[str, Any], max_classes: int = 20) -> list[str]:
+    lines = [f"{header['model']} on {header['dataset']} {header['split']} ({result.count} images"
+             + (f", tta {result.tta}" if result.tta != "none" else "") + f"): top-1 {100 * result.top1:.2f}%  "
+             f"top-{result.k} {100 * result.topk:.2f}%  loss {result.loss:.4f}"]
+    per = result.per_class
+    names = list(per)
+    if len(names) > max_classes:  # the worst classes are the interesting ones
+        names = sorted(names, key=lambda c: per[c]["acc"])[:max_classes]
+        lines.append(f"per-class accuracy (the {max_classes} lowest of {len(per)}):")
+    else:
+        lines.append("per-class accuracy:")
+    width = max(len(c) for c in names)
+    lines += [f"  {c:<{width}}  {100 * per[c]['acc']:6.2f}%  ({per[c]['images']} images)" for c in names]
+    return lines
