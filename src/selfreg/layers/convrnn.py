@@ -150,6 +150,15 @@ class PairMix(torch.autograd.Function):
         return tuple(grads)
 
 
+def pair_mix(x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """PairMix where a backward pass can happen; plain tensor ops where none will, or where a
+    tracer must see them (TorchScript and ONNX cannot record a Python autograd.Function)."""
+    if torch.is_grad_enabled() and not (torch.jit.is_tracing() or torch.jit.is_scripting()
+                                        or torch.onnx.is_in_onnx_export()):
+        return PairMix.apply(x, h, w)
+    return x.unsqueeze(2) * w[..., 0, None, None] + h.unsqueeze(2) * w[..., 1, None, None]
+
+
 def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """The light form's gate maps (B, N*k, H, W), computed without the grouped 1x1 convolution.
 
@@ -161,7 +170,7 @@ def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> torch.
     """
     mix, depthwise = conv
     w = mix.weight.view(x.shape[1], -1, 2)                                 # (N, k, 2): w_x, w_h
-    maps = PairMix.apply(x, h, w).flatten(1, 2)                            # (B, N*k, H, W): map i*k + g
+    maps = pair_mix(x, h, w).flatten(1, 2)                                 # (B, N*k, H, W): map i*k + g
     return F.conv2d(maps, depthwise.weight, depthwise.bias, padding=1, groups=depthwise.groups)
 
 
