@@ -51,8 +51,9 @@ from .config import Config, from_dict, parse_override, read_yaml, save_config, s
 from .errors import UserError
 
 # Config keys that may differ between a run folder and the recipe without making it another run:
-# more epochs continue the run; progress display changes nothing.
-MAY_DIFFER = {"train.epochs", "train.progress", "train.tensorboard", "train.plot"}
+# more epochs continue the run; CPU threads (float summation order only) and display settings
+# change nothing the experiment specifies.
+MAY_DIFFER = {"train.epochs", "train.threads", "train.progress", "train.tensorboard", "train.plot"}
 
 
 @dataclass
