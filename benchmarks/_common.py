@@ -73,8 +73,12 @@ def cpu_model() -> str:
 
 
 def machine(device: torch.device | str | None = None) -> str:
-    """One line: the CPU (or GPU), cores and torch threads, torch version."""
+    """One line: the CPU (or GPU), cores, torch threads and load, torch version."""
     cpu = f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    try:  # on a shared machine the load says how far apart timings can drift
+        cpu += f", load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        pass
     where = cpu
     if device is not None and torch.device(device).type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} (host: {cpu})"
