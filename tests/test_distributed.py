@@ -1,12 +1,9 @@
 """torchrun with 2 CPU processes (gloo): identical weights on both ranks, one checkpoint,
 and the same result as one process with the same global batch."""
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
+from procs import selfreg, torchrun
 from selfreg.train.checkpoint import load_checkpoint
 
 # GroupNorm: a batch split over 2 processes normalises exactly as one process does
@@ -17,11 +14,8 @@ ARGS = ["data.image_size=8", "train.epochs=2", "optim.lr=0.02", "data.batch_size
 
 
 def train(out, name, nproc):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "selfreg"] if nproc > 1 else [sys.executable, "-m", "selfreg"]
-    cmd = [*launcher, "train", "configs/demo.yaml", *ARGS, f"train.out_dir={out}", f"train.run_name={name}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    args = ["train", "configs/demo.yaml", *ARGS, f"train.out_dir={out}", f"train.run_name={name}"]
+    proc = torchrun(nproc, *args, timeout=240) if nproc > 1 else selfreg(*args, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

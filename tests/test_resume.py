@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from procs import selfreg, spawn
 from selfreg.train.checkpoint import load_checkpoint
 
 ARGS = ["data.image_size=16", "train.epochs=3", "data.batch_size=32", "model.name=resnet20",
@@ -17,14 +17,14 @@ ARGS = ["data.image_size=16", "train.epochs=3", "data.batch_size=32", "model.nam
 
 
 def start(out, name, *extra):
+    """A training process (a context manager: its process group dies with a failing test)."""
     cmd = [sys.executable, "-m", "selfreg", "train", "configs/demo.yaml", *ARGS, f"train.out_dir={out}",
            f"train.run_name={name}", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def resume(run_dir):
-    return subprocess.run([sys.executable, "-m", "selfreg", "train", "--resume", str(run_dir)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return selfreg("train", "--resume", run_dir, timeout=300)
 
 
 def wait_for_checkpoint(run_dir, proc, timeout=120):
@@ -62,18 +62,18 @@ def assert_same_run(a, b):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    proc = start(out, "ref")
-    _, err = proc.communicate(timeout=300)
+    with start(out, "ref") as proc:
+        _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return out / "ref"
 
 
 @pytest.mark.slow
 def test_sigkill_after_an_epoch_then_resume_is_exact(tmp_path, reference):
-    proc = start(tmp_path, "k")
-    state = wait_for_checkpoint(tmp_path / "k", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with start(tmp_path, "k") as proc:
+        state = wait_for_checkpoint(tmp_path / "k", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert state["epoch"] < 3
     done = resume(tmp_path / "k")
     assert done.returncode == 0, done.stderr
@@ -82,11 +82,11 @@ def test_sigkill_after_an_epoch_then_resume_is_exact(tmp_path, reference):
 
 @pytest.mark.slow
 def test_sigint_mid_epoch_saves_then_resume_is_exact(tmp_path, reference):
-    proc = start(tmp_path, "i")
-    wait_for_checkpoint(tmp_path / "i", proc)
-    time.sleep(0.3)  # into epoch 2
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    with start(tmp_path, "i") as proc:
+        wait_for_checkpoint(tmp_path / "i", proc)
+        time.sleep(0.3)  # into epoch 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err

@@ -1,8 +1,6 @@
 """`selfreg sweep` and `selfreg report`: grid expansion, skipping and resuming, reports, recipes."""
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ import yaml
 
 import dataset_writers as w
 from conftest import REPO, run_cli
+from procs import env_with_src, run, spawn, torchrun
 from selfreg.analysis.report import build_report, collect
 from selfreg.errors import UserError
 from selfreg.registry import create_model, list_models
@@ -201,20 +200,19 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
     recipe = {**TINY, "train": {**TINY["train"], "epochs": 2, "threads": 1},
               "sweep": {**TINY["sweep"], "seeds": [0]}}
     path = write_recipe(tmp_path, recipe)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = env_with_src()
     base = [sys.executable, "-m", "selfreg", "sweep", str(path)]
-    subprocess.run(base + ["-o", str(tmp_path / "ref")], check=True, capture_output=True, env=env, timeout=600)
+    run(base + ["-o", str(tmp_path / "ref")], check=True, env=env, timeout=300)
 
-    proc = subprocess.Popen(base + ["-o", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     first = tmp_path / "cut" / "resnet20" / "s0" / "metrics.csv"
-    deadline = time.time() + 300
-    while not (first.is_file() and len(first.read_text().splitlines()) >= 2) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)        # mid-run, after one epoch's checkpoint
-    proc.wait()
-    restarted = subprocess.run(base + ["-o", str(tmp_path / "cut")], capture_output=True, text=True, env=env,
-                               timeout=600)
+    with spawn(base + ["-o", str(tmp_path / "cut")], env=env) as proc:
+        deadline = time.time() + 300
+        while not (first.is_file() and len(first.read_text().splitlines()) >= 2) and time.time() < deadline:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)        # mid-run, after one epoch's checkpoint
+        proc.wait()
+    restarted = run(base + ["-o", str(tmp_path / "cut")], env=env, timeout=300)
     assert restarted.returncode == 0, restarted.stderr
     assert "to resume" in restarted.stdout
     for label in ("resnet20", "rrnet20_gru"):
@@ -275,13 +273,13 @@ def test_smoke_variant_trains(recipe, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sweep_under_torchrun_runs_each_job_on_every_rank(tmp_path):
-    path = write_recipe(tmp_path)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "selfreg", "sweep", str(path), "--seeds", "0", "-o", str(tmp_path / "sw")]
-    proc = subprocess.run(launcher, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")})
+    # Three runs in one torchrun: every run reuses the process group joined for the first
+    # (joining again after destroying it could hang both ranks in init_process_group).
+    recipe = {**TINY, "sweep": {**TINY["sweep"], "grid": {"model.name": ["resnet20", "resnet32", "rrnet20_gru"]}}}
+    path = write_recipe(tmp_path, recipe)
+    proc = torchrun(2, "sweep", path, "--seeds", "0", "-o", tmp_path / "sw", timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for label in ("resnet20", "rrnet20_gru"):
+    for label in ("resnet20", "resnet32", "rrnet20_gru"):
         summary = json.loads((tmp_path / "sw" / label / "s0" / "summary.json").read_text())
         assert summary["world_size"] == 2
-    assert proc.stdout.count("2 of 2 runs finished") == 1        # rank 0 alone speaks
+    assert proc.stdout.count("3 of 3 runs finished") == 1        # rank 0 alone speaks

@@ -12,20 +12,14 @@ from .errors import UserError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .config import load_config, save_config
+    from .config import load_config, resume_config
     from .train.engine import Interrupted, fit, fit_seeds
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run wrote")
         # `selfreg train --resume RUN [overrides]`; a recipe argument is read as an override.
+        # The run writes its config.yaml only once the checkpoint has been restored.
         overrides = ([args.config] if args.config else []) + args.overrides
-        cfg = load_config(run_dir / "config.yaml", overrides)
-        if overrides:
-            save_config(cfg, run_dir / "config.yaml")
+        cfg = resume_config(args.resume, overrides)
     else:
         if not args.config:
             raise UserError("pass a YAML recipe (selfreg train configs/demo.yaml) or --resume RUN_DIR")

@@ -67,6 +67,19 @@ class DataConfig:
     # folder: skip unreadable image files (counted in the run log) instead of stopping.
     skip_bad: bool = False
 
+    def __post_init__(self) -> None:
+        _check_range("data.image_size", self.image_size, low=0, what="0 (native) or a size in pixels")
+        _check_range("data.batch_size", self.batch_size, low=1)
+        _check_range("data.eval_batch_size", self.eval_batch_size, low=1)
+        _check_range("data.subset", self.subset, low=0, what="0 (all) or a count of images")
+        _check_range("data.num_workers", self.num_workers, low=0)
+        _check_choice("data.channels", str(self.channels), ("auto", "1", "3"))
+        _check_choice("data.loader", self.loader, ("auto", "fast", "torch"))
+        f = self.val_fraction
+        if f is not None and not (0 < f < 1 or (f >= 1 and float(f).is_integer())):
+            raise UserError(f"config key data.val_fraction must be a fraction in (0, 1), a whole count >= 1 "
+                            f"or null (the dataset's default), got {f!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -89,6 +102,18 @@ class OptimConfig:
     # Clip the global gradient norm to this value; 0 disables.
     grad_clip: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_range("optim.lr", self.lr, low=0, low_open=True)
+        _check_range("optim.momentum", self.momentum, low=0, high=1, high_open=True)
+        _check_range("optim.weight_decay", self.weight_decay, low=0)
+        _check_range("optim.eps", self.eps, low=0, low_open=True)
+        _check_range("optim.alpha", self.alpha, low=0, high=1)
+        _check_range("optim.rho", self.rho, low=0, high=1)
+        _check_range("optim.sam_rho", self.sam_rho, low=0, low_open=True)
+        _check_range("optim.grad_clip", self.grad_clip, low=0, what="0 (off) or a positive norm")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"config key optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+
 
 @dataclass
 class ScheduleConfig:
@@ -110,6 +135,21 @@ class ScheduleConfig:
     warmup_epochs: float = 0.0
     warmup_steps: int = 0
     warmup_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_range("sched.gamma", self.gamma, low=0, low_open=True)
+        _check_range("sched.step_size", self.step_size, low=0, low_open=True)
+        _check_range("sched.min_lr", self.min_lr, low=0)
+        _check_range("sched.max_lr", self.max_lr, low=0)
+        _check_range("sched.cycle_epochs", self.cycle_epochs, low=0, low_open=True)
+        _check_range("sched.pct_start", self.pct_start, low=0, high=1, low_open=True, high_open=True)
+        _check_range("sched.div_factor", self.div_factor, low=0, low_open=True)
+        _check_range("sched.final_div_factor", self.final_div_factor, low=0, low_open=True)
+        _check_range("sched.warmup_epochs", self.warmup_epochs, low=0)
+        _check_range("sched.warmup_steps", self.warmup_steps, low=0)
+        _check_range("sched.warmup_factor", self.warmup_factor, low=0)
+        if any(m < 0 for m in self.milestones):
+            raise UserError(f"config key sched.milestones must be epochs >= 0, got {self.milestones!r}")
 
 
 @dataclass
@@ -146,6 +186,13 @@ class TrainConfig:
     progress: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_range("train.epochs", self.epochs, low=1)
+        _check_range("train.threads", self.threads, low=0, what="0 (torch's default) or a thread count")
+        _check_range("train.label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        _check_range("train.mixup", self.mixup, low=0)
+        _check_range("train.cutmix", self.cutmix, low=0)
+        _check_range("train.mixup_prob", self.mixup_prob, low=0, high=1)
+        _check_range("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True)
         _check_choice("train.nan_policy", self.nan_policy, ("stop", "skip"))
         _check_choice("train.amp", self.amp, ("none", "bf16", "fp16"))
         _check_choice("train.progress", self.progress, ("auto", "bar", "lines", "none"))
@@ -158,6 +205,19 @@ class TrainConfig:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"config key {key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_range(key: str, value: float, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, what: str = "") -> None:
+    """Refuse a number outside [low, high] (open ends with *_open), naming the key and the range."""
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if not what:
+            left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            what = " and ".join(p for p in (left, right) if p)
+        raise UserError(f"config key {key} must be {what}, got {value!r}")
 
 
 @dataclass
@@ -290,6 +350,51 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
 
 def _type_error(key: str, value: Any, expected: str) -> UserError:
     return UserError(f"config key {key} must be {expected}, got {value!r}")
+
+
+# Keys that may change when a run continues (`selfreg train --resume RUN key=value`, or a sweep
+# restarted over its folder) without making it another experiment: more epochs extend the run;
+# CPU threads only change float summation order; the rest say where the data lives or how the
+# run is shown. Anything else (model, optimizer, schedule, data, seed...) starts a new run.
+RESUMABLE_KEYS = frozenset({
+    "train.epochs", "train.threads", "train.device", "train.progress", "train.plot", "train.tensorboard",
+    "data.root", "data.download", "data.num_workers", "data.cache_dir",
+})
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train.epochs": 10, "model.kwargs": {...}, ...}: a config dict keyed by dotted names."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(old: Config | dict, new: Config | dict) -> list[str]:
+    """Dotted keys whose values differ between two configs, sorted."""
+    a = flatten(old.to_dict() if isinstance(old, Config) else old)
+    b = flatten(new.to_dict() if isinstance(new, Config) else new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config of the run in `run_dir` with `overrides` applied, refusing keys a resume cannot change.
+
+    Nothing is written here: the caller saves the config once the run has been restored.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run wrote")
+    saved = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    refused = [k for k in changed_keys(saved, cfg) if k not in RESUMABLE_KEYS]
+    if refused:
+        raise UserError(f"--resume cannot change {refused[0]} (the run was trained with another value); "
+                        f"a resume may change only {', '.join(sorted(RESUMABLE_KEYS))}; start a new run instead")
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -47,14 +47,9 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Config, from_dict, parse_override, read_yaml, save_config, set_dotted
+from .config import RESUMABLE_KEYS, Config, flatten, from_dict, parse_override, read_yaml, save_config, set_dotted
 from .errors import UserError
-
-# Config keys that may differ between a run folder and the recipe without making it another run:
-# more epochs continue the run; CPU threads (float summation order only) and display settings
-# change nothing the experiment specifies.
-MAY_DIFFER = {"train.epochs", "train.threads", "train.progress", "train.tensorboard", "train.plot"}
-
+from .train.checks import check_config
 
 @dataclass
 class Job:
@@ -179,6 +174,7 @@ def make_job(raw: dict, label: str, seed: int, overrides: dict, root: Path) -> J
     set_dotted(tree, "train.run_name", f"{label}/s{seed}")
     try:
         config = from_dict(Config, tree)
+        check_config(config)       # every grid point's names and ranges, before any run starts
     except UserError as exc:
         raise UserError(f"sweep run {label} s{seed}: {exc}") from None
     return Job(label, seed, overrides, config, root / label / f"s{seed}", root / "configs" / f"{label}-s{seed}.yaml")
@@ -201,22 +197,13 @@ def job_state(job: Job) -> str:
 
 
 def check_same_config(job: Job) -> None:
-    saved = _flat(yaml.safe_load((job.dir / "config.yaml").read_text()) or {})
-    wanted = _flat(job.config.to_dict())
+    """A run folder continues only the experiment it was made for (RESUMABLE_KEYS may differ)."""
+    saved = flatten(yaml.safe_load((job.dir / "config.yaml").read_text()) or {})
+    wanted = flatten(job.config.to_dict())
     for key in sorted(set(saved) | set(wanted)):
-        if key not in MAY_DIFFER and saved.get(key) != wanted.get(key):
+        if key not in RESUMABLE_KEYS and saved.get(key) != wanted.get(key):
             raise UserError(f"{job.dir} was trained with {key}={saved.get(key)!r} but the recipe now says "
                             f"{wanted.get(key)!r}; delete that folder or give the sweep another folder (-o)")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "kwargs":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def prepare(job: Job) -> str:
@@ -308,7 +295,8 @@ def run_in_process(todo: list[tuple[Job, str]], log: Callable[[str], None], writ
         except Interrupted as exc:
             raise SweepInterrupted(f"{exc}; continue the sweep by running the same command again") from None
         except UserError as exc:        # e.g. a diverged solver: record it, go on with the others
-            if write:
+            if write:               # the run may have failed before it made its folder
+                job.dir.mkdir(parents=True, exist_ok=True)
                 (job.dir / "failed.txt").write_text(f"{exc}\n")
             log(f"[{k}/{len(todo)}] {job.name} failed: {exc}")
             failed.append(job.name)

@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, exact-resume state, weights-only load with one-line errors."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -19,21 +20,65 @@ FORMAT_VERSION = 1
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`.
 
-    A kill mid-write leaves the previous checkpoint intact.
+    A kill mid-write leaves the previous checkpoint intact (and a temp file that the next
+    save or resume removes); a full disk is a one-line `UserError`, the previous file kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format_version": FORMAT_VERSION, **state}
+    remove_stale_temp_files(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a checkpoint follows the umask like every other run file.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise UserError(f"no space left on {path.parent} while writing {path.name}{kept}; "
+                            "free some space and resume the run") from None
         raise
+
+
+def remove_stale_temp_files(folder: str | Path, name: str = "") -> None:
+    """Delete `NAME.*.tmp` files that a killed save left in `folder` (one writer per run folder)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f"{name or '*'}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail in one line, before any data is loaded, when `folder` cannot be created or written.
+
+    Tries a temporary file in `folder` or, when it does not exist yet, in its nearest
+    existing parent (nothing is left behind either way).
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write run files under {folder}: {probe} is a file, not a folder; "
+                        "choose another train.out_dir")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__).lower()
+        raise UserError(f"cannot write run files under {folder} ({reason} on {probe}); "
+                        "choose another train.out_dir or fix its permissions") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -43,12 +88,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # any failure to unpickle means the file is damaged or foreign
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable selfreg checkpoint (truncated or not a checkpoint: "
-                        f"{first[:120]})") from None
+    except Exception:  # any failure to unpickle means the file is damaged or foreign
+        raise UserError(f"{path} is not a readable selfreg checkpoint (damaged, truncated, or written by "
+                        "another program); use the run's other checkpoint or train again") from None
     if not isinstance(state, dict) or "model" not in state or "format_version" not in state:
-        raise UserError(f"{path} is not a selfreg checkpoint (no model state or format version)")
+        raise UserError(f"{path} is not a selfreg checkpoint (no model state or format version); "
+                        "pass a file that selfreg train wrote")
     return state
 
 

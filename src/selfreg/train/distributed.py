@@ -1,12 +1,18 @@
 """torchrun / DistributedDataParallel, the standard way.
 
 `torchrun --nproc_per_node=K -m selfreg train RECIPE` sets RANK, WORLD_SIZE and
-LOCAL_RANK; `setup()` reads them, initialises the process group (NCCL on CUDA,
-gloo on CPU) and picks this rank's device. Rank 0 alone writes files; every
-rank still takes part in every collective.
+LOCAL_RANK; `setup()` reads them, joins the process group (NCCL on CUDA, gloo
+on CPU) and picks this rank's device. Rank 0 alone writes files; every rank
+still takes part in every collective.
+
+A process joins the group once and leaves it once, at exit: every run of a
+sweep reuses the same group. Destroying the group after one run and joining
+again for the next raced with torchrun's rendezvous store and could leave
+both ranks waiting in `init_process_group` forever.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -52,11 +58,13 @@ def setup(device_name: str = "auto") -> DistContext:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(shutdown)
     return DistContext(rank, world, local_rank, device)
 
 
-def teardown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group; runs once, at interpreter exit (registered by `setup`)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

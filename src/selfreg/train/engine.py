@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import __version__
 from ..analysis.complexity import count_parameters
-from ..config import Config, save_config
+from ..config import Config, changed_keys, load_config, save_config
 from ..data import build_dataset, build_loaders
 from ..data.eval_transform import EvalTransform
 from ..errors import UserError
@@ -34,7 +34,9 @@ from ..models.zoo import takes_img_size
 from ..registry import create_model
 from . import distributed as dist_utils
 from .bn import BNMomentum
-from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
+                         save_checkpoint, set_rng_state)
+from .checks import check_config
 from .logging import MetricsCSV, Progress, TensorBoard, plot_curves
 from .optim import SAM, build_optimizer, build_scheduler
 
@@ -305,9 +307,19 @@ class Run:
     """Everything one training run holds, built from a Config (optionally from a checkpoint)."""
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print):
+        # Check first, write last: every name, the output folder and the checkpoint to resume
+        # from are checked before data or models are built, and nothing is written until then.
+        check_config(cfg)
         self.cfg = cfg
         self.ctx = dist_utils.setup(cfg.train.device)
         self.log = log if self.ctx.is_main else (lambda s: None)
+        saved = None
+        if resume is not None:
+            self.run_dir = Path(resume)
+            check_writable(self.run_dir)
+            saved = self._checkpoint_to_resume(device=self.ctx.device)
+        elif self.ctx.is_main:
+            check_writable(Path(cfg.train.out_dir))
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed + self.ctx.rank)
@@ -344,13 +356,13 @@ class Run:
 
         self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
         self.progress: EpochProgress | None = None
-        if resume is not None:
-            self.run_dir = Path(resume)
-            self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt", map_location=device))
-        else:
+        self.last_row: dict | None = None
+        if saved is not None:
+            self._restore(saved)
+        if resume is None:
             self.run_dir = make_run_dir(cfg) if self.ctx.is_main else Path(".")
-            if self.ctx.is_main:
-                save_config(cfg, self.run_dir / "config.yaml")
+        if self.ctx.is_main:   # last: a resume that fails above leaves the run's config as it was
+            self._save_config_if_changed()
 
         self.train_model = self.model
         if self.ctx.enabled:
@@ -362,6 +374,9 @@ class Run:
         self.metrics = MetricsCSV(self.run_dir / "metrics.csv")
         if self.ctx.is_main:
             self.metrics.truncate_after(self.epoch)
+            # A kill between the checkpoint's rename and the metrics row: the checkpoint holds the row.
+            if self.last_row is not None and self.metrics.last_epoch() < self.epoch:
+                self.metrics.append(self.last_row)
         self.tb = TensorBoard(self.run_dir / "tb" if cfg.train.tensorboard and self.ctx.is_main else None,
                               purge_step=self.epoch + 1 if resume is not None else None)
 
@@ -375,6 +390,7 @@ class Run:
                 "progress": vars(self.progress) if self.progress else None,
                 "best_acc": self.best_acc, "best_epoch": self.best_epoch,
                 "rng": rng_state(), "config": self.cfg.to_dict(), "model_name": self.cfg.model.name,
+                "metrics_row": self.last_row,
                 "classes": list(self.splits.classes), "in_chans": self.splits.in_chans,
                 "image_size": self.splits.image_size, "mean": list(self.splits.mean),
                 "std": list(self.splits.std), "selfreg_version": __version__,
@@ -389,6 +405,22 @@ class Run:
         if best:
             save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
 
+    def _checkpoint_to_resume(self, device: torch.device) -> dict | None:
+        """The state in RUN/checkpoints/last.pt, or None for a run killed before its first checkpoint."""
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if self.ctx.is_main:
+            remove_stale_temp_files(path.parent)
+        if not path.is_file():
+            self.log(f"{self.run_dir} has no checkpoint yet (stopped during its first epoch): "
+                     "starting it from the beginning")
+            return None
+        return load_checkpoint(path, map_location=device)
+
+    def _save_config_if_changed(self) -> None:
+        path = self.run_dir / "config.yaml"
+        if not path.is_file() or changed_keys(load_config(path), self.cfg):
+            save_config(self.cfg, path)
+
     def _restore(self, state: dict) -> None:
         source = self.run_dir / "checkpoints" / "last.pt"
         load_model_state(self.model, state["model"], source)
@@ -399,6 +431,7 @@ class Run:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        self.last_row = state.get("metrics_row")
         self.progress = EpochProgress(**state["progress"]) if state.get("progress") else None
         if self.ctx.is_main:
             set_rng_state(state["rng"])
@@ -460,13 +493,15 @@ class Run:
             row.update(ema_val_loss=ema.loss, ema_val_acc=ema.acc)
         if train.skipped:
             row["skipped_steps"] = train.skipped
-        self.epoch = epoch
+        self.epoch, self.last_row = epoch, row
         improved = val.acc > self.best_acc
         if improved:
             self.best_acc, self.best_epoch = val.acc, epoch
         if self.ctx.is_main:
-            self.metrics.append(row)
+            # The checkpoint first, then its row: metrics.csv never describes an epoch that no
+            # checkpoint holds (the checkpoint carries the row, so a resume can restore it).
             self.save(best=improved)
+            self.metrics.append(row)
             self.tb.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch)
             if cfg.train.plot:
                 plot_curves(self.run_dir / "metrics.csv", self.run_dir / "plots" / "curves.png",
@@ -498,17 +533,11 @@ class Run:
                      f"{self.best_epoch}); run directory {self.run_dir}")
         return summary
 
-    def close(self) -> None:
-        dist_utils.teardown(self.ctx)
-
 
 def fit(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Train (or continue) one run; return its summary."""
-    run = Run(cfg, resume=resume, log=log)
-    try:
-        return run.fit()
-    finally:
-        run.close()
+    # Under torchrun the process group outlives the run: the next run of a sweep reuses it.
+    return Run(cfg, resume=resume, log=log).fit()
 
 
 def fit_seeds(cfg: Config, seeds: list[int], log: Callable[[str], None] = print) -> dict:

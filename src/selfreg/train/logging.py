@@ -28,6 +28,14 @@ class MetricsCSV:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k, "")) for k in fields})
 
+    def last_epoch(self) -> int:
+        """The epoch of the last row, 0 when there is none."""
+        if not self.path.exists():
+            return 0
+        with self.path.open() as f:
+            rows = list(csv.reader(f))[1:]
+        return int(float(rows[-1][0])) if rows else 0
+
     def truncate_after(self, epoch: int) -> None:
         """Drop rows past `epoch` (a resumed run rewrites the epochs it repeats)."""
         if not self.path.exists():

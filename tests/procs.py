@@ -1,0 +1,69 @@
+"""Launch subprocesses from tests so that nothing outlives a failed or timed-out test.
+
+Every child starts in a session of its own; when the test fails, times out or is
+interrupted, the whole process group is killed (torchrun's workers included, which
+otherwise re-parent to init and keep their cores).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env_with_src(**extra: str) -> dict:
+    """The environment of a child that imports this checkout's selfreg."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group and reap the child."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def spawn(cmd, **kwargs):
+    """Popen in a new session; the group is killed when the block is left while it still runs."""
+    kwargs.setdefault("cwd", REPO)
+    proc = subprocess.Popen(list(map(str, cmd)), start_new_session=True, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def run(cmd, timeout: float = 300, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run with text output captured, killing the whole group on timeout or error."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    with spawn(cmd, **kwargs) as proc:
+        out, err = proc.communicate(timeout=timeout)   # TimeoutExpired -> spawn kills the group
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done
+
+
+def selfreg(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m selfreg ARGS` as a user would run it."""
+    return run([sys.executable, "-m", "selfreg", *args], timeout=timeout, **kwargs)
+
+
+def torchrun(nproc: int, *args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=N -m selfreg ARGS`, one thread per rank."""
+    kwargs.setdefault("env", env_with_src(OMP_NUM_THREADS="1"))
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "selfreg", *args], timeout=timeout, **kwargs)
