@@ -132,7 +132,7 @@ def test_bad_files_are_all_listed_in_one_line(tmp_path, cached):
     with pytest.raises(UserError) as err:
         build_dataset(folder_cfg(tmp_path, f"data.cache={str(cached).lower()}"))
     message = str(err.value)
-    assert "\n" not in message and message.startswith("5 bad image file(s)") and "data.skip_bad=true" in message
+    assert "\n" not in message and "5 bad image file(s)" in message and "data.skip_bad=true" in message
     for path in bad.values():
         assert str(path) in message
     assert f"{bad['truncated']} (truncated)" in message and f"{bad['not_image']} (not an image)" in message
@@ -159,7 +159,7 @@ def test_empty_class_folder(tmp_path):
     w.write_image_folder(tmp_path / "imgs", per_class=2)
     (tmp_path / "imgs" / "train" / "zebra").mkdir()
     (tmp_path / "imgs" / "train" / "zebra" / "readme.txt").write_text("todo")
-    with pytest.raises(UserError, match=r"class folder\(s\) with no images: .*zebra; add images"):
+    with pytest.raises(UserError, match=r"class folder\(s\) with no images .*: .*zebra"):
         build_dataset(folder_cfg(tmp_path))
 
 
@@ -167,7 +167,7 @@ def test_class_emptied_by_skipping(tmp_path):
     w.write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=2)
     (tmp_path / "imgs" / "train" / "c").mkdir()
     (tmp_path / "imgs" / "train" / "c" / "x.jpg").write_text("nope")
-    with pytest.raises(UserError, match=r"after skipping bad files, class folder\(s\) c "):
+    with pytest.raises(UserError, match=r"class folder\(s\) left with no readable image: .*train/c"):
         build_dataset(folder_cfg(tmp_path, "data.skip_bad=true"))
 
 

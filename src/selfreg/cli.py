@@ -94,6 +94,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]), note=args.note)
     print(f"report: {out} and {out.with_suffix('.html')} (figures in {out.parent / (out.stem + '-figures')})")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -9,6 +9,7 @@ The resolved config is saved with every run and reproduces it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,8 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_range(key: str, value: float, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, what: str = "") -> None:
     """Refuse a number outside [low, high] (open ends with *_open), naming the key and the range."""
+    if not math.isfinite(value):
+        raise UserError(f"config key {key} must be a finite number, got {value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

@@ -70,7 +70,9 @@ MODELS = Registry("model")
 def register_model(name: str | None = None, **meta: Any) -> Callable:
     """Register a model builder `fn(num_classes=..., in_chans=..., **kwargs) -> nn.Module`.
 
-    `meta` records facts a table shows: `input_size` (native H=W), `paper`, `source`.
+    `meta` records facts a table shows: `input_size` (native H=W), `paper`, `source`;
+    `norm_layer=True` declares that the builder honours the shared `norm_layer` argument
+    ("batch", "group" or a layer type); `create_model` refuses that argument for the others.
     """
     return MODELS.register(name, **meta)
 
@@ -88,7 +90,13 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
 
         return load_trained(checkpoint, name=name, num_classes=num_classes, in_chans=in_chans, **kwargs).model
     _ensure_models_imported()
-    builder = MODELS.get(name)
+    entry = MODELS.entry(name)
+    builder = entry.fn
+    if "norm_layer" in kwargs and not entry.meta.get("norm_layer"):
+        families = sorted({str(MODELS.entry(n).meta.get("family", n)) for n in MODELS.names()
+                           if MODELS.entry(n).meta.get("norm_layer")})
+        raise UserError(f"model {name!r} has a fixed normalisation and takes no norm_layer; "
+                        f"the families that take it: {', '.join(families)}")
     num_classes = 10 if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
     try:

@@ -153,7 +153,9 @@ def grid_points(grid: dict, recipe: Path) -> list[tuple[str, dict]]:
 
 
 def _value_label(value: Any) -> str:
-    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    # yaml.safe_dump ends a bare scalar with a "..." document marker: keep only the value.
+    text = value if isinstance(value, str) else \
+        yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     return str(text).replace("/", "_").replace(" ", "")
 
 

@@ -14,9 +14,10 @@ import base64
 import html
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -60,9 +61,24 @@ class Group:
         return np.array([100 * (1 - r.summary[key]) for r in self.finished if key in r.summary], dtype=float)
 
 
-def collect(root: str | Path) -> tuple[list[Group], dict]:
-    """The configurations under `root` in order, and the sweep record (empty if not a sweep)."""
+def collect(root: str | Path, left_out: list[tuple[Path, str]] | None = None,
+            warn: Callable[[str], None] | None = None) -> tuple[list[Group], dict]:
+    """The configurations under `root` in order, and the sweep record (empty if not a sweep).
+
+    A run whose files are damaged is left out: it is appended to `left_out` as (folder, why)
+    and `warn` (stderr by default) gets one line naming the file.
+    """
     root = Path(root)
+    left_out = [] if left_out is None else left_out
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+
+    def add(label: str, path: Path) -> None:
+        try:
+            groups.setdefault(label, Group(label)).runs.append(read_run(path))
+        except UserError as exc:
+            left_out.append((path, str(exc)))
+            warn(f"selfreg: warning: left {path} out of the report: {exc}")
+
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass a sweep folder (selfreg sweep prints it) or a folder of runs")
     record_path = root / "sweep.yaml"
@@ -72,14 +88,14 @@ def collect(root: str | Path) -> tuple[list[Group], dict]:
         for run in record.get("runs", []):
             path = root / run["dir"]
             if (path / "config.yaml").is_file():
-                groups.setdefault(run["label"], Group(run["label"])).runs.append(read_run(path))
+                add(run["label"], path)
     else:
         record, groups = {}, {}
         for config in sorted(root.rglob("config.yaml")):
             path = config.parent
             rel = path.relative_to(root).as_posix()
             label = re.sub(r"(^|/)s\d+$", "", rel) or (rel if rel != "." else root.name)
-            groups.setdefault(label, Group(label)).runs.append(read_run(path))
+            add(label, path)
     found = [g for g in groups.values() if g.runs]
     if not found:
         raise UserError(f"no runs under {root} (no run folder with a config.yaml); train some first")
@@ -89,12 +105,24 @@ def collect(root: str | Path) -> tuple[list[Group], dict]:
 def read_run(path: Path) -> RunRecord:
     from ..train.logging import read_metrics
 
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = _read_file(path / "config.yaml", yaml.safe_load) or {}
     summary_path, metrics_path, failed_path = path / "summary.json", path / "metrics.csv", path / "failed.txt"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = _read_file(summary_path, json.loads) if summary_path.is_file() else None
+    if not isinstance(config, dict) or not (summary is None or isinstance(summary, dict)):
+        raise UserError(f"{path} holds a config.yaml or summary.json that is not a mapping (damaged)")
     rows = read_metrics(metrics_path) if metrics_path.is_file() else []
+    if summary is not None and len(rows) < int(summary.get("epochs", 0)):
+        raise UserError(f"{metrics_path} has {len(rows)} epoch rows but summary.json says "
+                        f"{summary.get('epochs')} epochs (truncated)")
     failed = failed_path.read_text().strip() if failed_path.is_file() else None
     return RunRecord(path, int(config.get("train", {}).get("seed", 0)), config, summary, rows, failed)
+
+
+def _read_file(path: Path, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(path.read_text())
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__})") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,7 +356,8 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     from .complexity import human
 
     root = Path(root)
-    groups, record = collect(root)
+    left_out: list[tuple[Path, str]] = []
+    groups, record = collect(root, left_out)
     out = Path(out) if out else root / "report.md"
     figures = out.parent / f"{out.stem}-figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -351,6 +380,9 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     if record.get("smoke"):
         doc.para("**Smoke scale**: the recipe's smoke variant (few images, few epochs). These numbers test "
                  "the machinery; they are not comparable with the paper's.")
+    if left_out:
+        doc.para(f"**Left out**: {len(left_out)} run(s) whose files are damaged: "
+                 + "; ".join(f"`{p}`: {why}" for p, why in left_out) + ".")
     doc.para(describe_runs(groups))
 
     header = ["configuration", "family", "seeds", "params", "MACs", "final val err (%)", "best val err (%)"]

@@ -144,20 +144,23 @@ class Raw:
 # ---------------------------------------------------------------------------------------
 # The shared part of every build
 
-def build_dataset(cfg, *, with_test: bool | None = None) -> DataSplits:
+def build_dataset(cfg, *, with_test: bool | None = None, needed: Sequence[str] | None = None) -> DataSplits:
     """Build the dataset named by `cfg.name` (a `DataConfig`).
 
     The test split is loaded only when `with_test` is true, or when it is None and
     `cfg.eval_test` is set: training runs tune on val and never look at test.
+    `needed` names the splits the caller reads (default: all); `selfreg eval` passes its one.
     """
     with_test = cfg.eval_test if with_test is None else with_test
     entry = DATASETS.entry(cfg.name)
+    # Datasets that scan their files may skip bad ones in splits the caller does not use.
+    extra = {"needed": tuple(needed)} if needed is not None and entry.meta.get("scans_files") else {}
     # Check the cheap options before a builder spends seconds decoding.
     presets = resolve_augment(cfg.augment, entry.meta.get("augment", ["none"]))
     wanted_channels = resolve_channels(cfg.channels)
     if cfg.image_size < 0:
         raise UserError(f"data.image_size must be 0 (native) or a positive size, got {cfg.image_size}")
-    raw = entry.fn(cfg, with_test=with_test, presets=presets)
+    raw = entry.fn(cfg, with_test=with_test, presets=presets, **extra)
 
     train, val = raw.train, raw.val
     if val is None:
@@ -439,6 +442,7 @@ def imagenet(cfg, *, with_test: bool, presets: list[str]) -> Raw:
                             "automatically (licence): put the ILSVRC-2012 train/ and val/ class folders under data.root")
     train = img.list_images(root / "train")
     val = img.list_images(root / "val", train.classes)
+    img.raise_problems(train.problems + val.problems)
     decode = img.FileDecoder(3, None)
     mean, std = STATS["imagenet"]
     return Raw(FileImages(train.files, train.labels, decode), FileImages(val.files, val.labels, decode), None,
@@ -452,9 +456,9 @@ def imagenet(cfg, *, with_test: bool, presets: list[str]) -> Raw:
 SPLITS = ("train", "val", "test")
 
 
-@DATASETS.register("folder", augment=["none"],
+@DATASETS.register("folder", augment=["none"], scans_files=True,
                    paper="any root/<split>/<class>/<image> tree (torchvision ImageFolder layout)")
-def folder(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+def folder(cfg, *, with_test: bool, presets: list[str], needed: tuple[str, ...] = SPLITS) -> Raw:
     """`root/train/<class>/*` (+ optional val/, test/); without val/, val is carved from train (default 10%).
 
     Grey, RGBA, palette and 16-bit images are converted (to RGB when any image is
@@ -463,12 +467,22 @@ def folder(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     Bad files (not images, truncated, corrupt, empty) stop the run with one line
     listing them all, or are skipped and counted with `data.skip_bad=true`.
     With `data.cache=true` every image is decoded once into a uint8 cache.
+    Every problem of the tree (empty or unknown class folders, bad files) is reported in one
+    message. Bad files in splits outside `needed` (e.g. train/ when `selfreg eval` reads its
+    own val/ folder) are skipped with a note instead.
     """
     listings, notes = _folder_listings(Path(cfg.root).expanduser(), with_test)
     if cfg.download:
         notes.append("data.download=true has no effect on the folder dataset (nothing to download)")
+    problems = [p for listing in listings.values() for p in listing.problems]
+    if problems:   # still scan for bad files, so that one message lists everything to fix
+        bad = [(listing.files[i], p.error) for split, listing in listings.items()
+               for i, p in enumerate(_scan(cfg, listing, notes)) if p.error is not None]
+        img.raise_problems(problems + _bad_files_problem(bad))
+    # A split carved from train needs train's files too.
+    lenient = {s for s in listings if s not in needed and not (s == "train" and "val" not in listings)}
     build = _cached_folder if cfg.cache else _file_folder
-    return build(cfg, listings, notes, keep_sizes=presets_fix_size(presets) and not cfg.cache)
+    return build(cfg, listings, notes, keep_sizes=presets_fix_size(presets) and not cfg.cache, lenient=lenient)
 
 
 def _folder_listings(root: Path, with_test: bool) -> tuple[dict[str, img.Listing], list[str]]:
@@ -494,17 +508,19 @@ def _ignored_notes(listings) -> list[str]:
     return [f"ignored {len(ignored)} file(s) without an image extension, e.g. {', '.join(ignored[:3])}"]
 
 
-def _check_bad(bad: list[tuple[str, str]], skip: bool) -> list[str]:
-    """Stop with every bad path in one line, or (data.skip_bad) return the note that counts them."""
+def _bad_files_problem(bad: list[tuple[str, str]]) -> list[str]:
     if not bad:
         return []
     listed = "; ".join(f"{path} ({why})" for path, why in bad)
-    if not skip:
-        raise UserError(f"{len(bad)} bad image file(s): {listed}; fix or remove them, "
-                        "or pass data.skip_bad=true to skip them")
-    shown = "; ".join(f"{path} ({why})" for path, why in bad[:10])
+    return [f"{len(bad)} bad image file(s) (or pass data.skip_bad=true to skip them): {listed}"]
+
+
+def _skipped_note(bad: list[tuple[str, str]], why: str) -> list[str]:
+    if not bad:
+        return []
+    shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return [f"skipped {len(bad)} bad image file(s) (data.skip_bad=true): {shown}{more}"]
+    return [f"skipped {len(bad)} bad image file(s) ({why}): {shown}{more}"]
 
 
 def _folder_shape(probes: list[img.Probe], keep_sizes: bool) -> tuple[int, tuple[int, int] | None, list[str]]:
@@ -528,18 +544,17 @@ def _folder_shape(probes: list[img.Probe], keep_sizes: bool) -> tuple[int, tuple
     return channels, size, notes
 
 
-def _split_good(listing: img.Listing, probes: list[img.Probe], where: str) -> tuple[list[int], list]:
-    """Indices of usable files; a class left without any after skipping is an error."""
+def _split_good(listing: img.Listing, probes: list[img.Probe]) -> tuple[list[int], list, list[str]]:
+    """Indices of usable files, the bad (path, why) pairs, and the classes no usable file is left in."""
     keep = [i for i, p in enumerate(probes) if p.error is None]
     left = Counter(listing.labels[i] for i in keep)
     emptied = [listing.classes[c] for c in sorted(set(listing.labels)) if left[c] == 0]
-    if emptied:
-        raise UserError(f"after skipping bad files, class folder(s) {', '.join(emptied)} in {where} have no "
-                        "images; fix the files or remove the folder(s)")
-    return keep, [(listing.files[i], p.error) for i, p in enumerate(probes) if p.error is not None]
+    bad = [(listing.files[i], p.error) for i, p in enumerate(probes) if p.error is not None]
+    return keep, bad, emptied
 
 
-def _file_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_sizes: bool) -> Raw:
+def _file_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_sizes: bool,
+                 lenient: set[str] = frozenset()) -> Raw:
     """Decode per image at load time, after a (cached) header scan for bad files."""
     probes = {split: _scan(cfg, listing, notes) for split, listing in listings.items()}
 
@@ -547,10 +562,11 @@ def _file_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_s
         listing = listings[split]
         return FileImages([listing.files[i] for i in keep], [listing.labels[i] for i in keep],
                           img.FileDecoder(channels, size))
-    return _assemble(cfg, listings, probes, notes, keep_sizes, make)
+    return _assemble(cfg, listings, probes, notes, keep_sizes, make, lenient)
 
 
-def _cached_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_sizes: bool) -> Raw:
+def _cached_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep_sizes: bool,
+                   lenient: set[str] = frozenset()) -> Raw:
     """Decode every image once into a uint8 cache keyed by the files' bytes; serve from memory."""
     root = Path(cfg.root).expanduser()
     files = [f for listing in listings.values() for f in listing.files]
@@ -563,7 +579,7 @@ def _cached_folder(cfg, listings: dict[str, img.Listing], notes: list[str], keep
     def make(split: str, keep: list[int], channels: int, size) -> Dataset:
         # The cache holds exactly the good files, converted with the same channels and size.
         return TensorImages(cached["images"][split], cached["labels"][split])
-    return _assemble(cfg, listings, probes, notes, False, make)
+    return _assemble(cfg, listings, probes, notes, False, make, lenient)
 
 
 def _decode_folder(cfg, listings: dict[str, img.Listing]) -> dict:
@@ -628,14 +644,28 @@ def _probes_from_json(text: str) -> dict[str, list[img.Probe]]:
 
 
 def _assemble(cfg, listings: dict[str, img.Listing], probes: dict[str, list[img.Probe]], notes: list[str],
-              keep_sizes: bool, make: Callable[[str, list[int], int, tuple | None], Dataset]) -> Raw:
-    """Bad-file policy, channel/size choice and split datasets, shared by both folder paths."""
-    bad: list[tuple[str, str]] = []
+              keep_sizes: bool, make: Callable[[str, list[int], int, tuple | None], Dataset],
+              lenient: set[str] = frozenset()) -> Raw:
+    """Bad-file policy, channel/size choice and split datasets, shared by both folder paths.
+
+    Bad files stop the build with one message listing them all (and any class left empty),
+    unless data.skip_bad is set or their split is in `lenient`; then they are skipped and counted.
+    """
+    fatal: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    emptied: list[str] = []
     keeps = {}
     for split, listing in listings.items():
-        keeps[split], split_bad = _split_good(listing, probes[split], str(listing.root))
-        bad += split_bad
-    notes = notes + _check_bad(bad, cfg.skip_bad)
+        keeps[split], bad, empty = _split_good(listing, probes[split])
+        (skipped if cfg.skip_bad or split in lenient else fatal).extend(bad)
+        if split not in lenient:
+            emptied += [f"{listing.root / name}" for name in empty]
+    problems = _bad_files_problem(fatal)
+    if emptied:
+        problems.append(f"class folder(s) left with no readable image: {', '.join(emptied)}")
+    img.raise_problems(problems)
+    bad = fatal + skipped
+    notes = notes + _skipped_note(skipped, "data.skip_bad=true" if cfg.skip_bad else "not in the split used")
     channels, size, shape_notes = _folder_shape([p for ps in probes.values() for p in ps], keep_sizes)
     splits = {s: make(s, keeps[s], channels, size) for s in listings}
     return Raw(splits["train"], splits.get("val"), splits.get("test"), classes=listings["train"].classes,

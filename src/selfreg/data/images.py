@@ -34,23 +34,26 @@ class Listing:
     labels: list[int]
     classes: list[str]
     ignored: list[str] = field(default_factory=list)   # files without an image extension
+    # What is wrong with the folder (empty class folders, unknown classes, ...): collected, not
+    # raised, so that one message can list every problem of a dataset at once.
+    problems: list[str] = field(default_factory=list)
 
 
 def list_images(split_dir: Path, classes: list[str] | None = None) -> Listing:
     """List `split_dir/<class>/**/<image>` with torchvision's folder code.
 
-    `classes` fixes the label order (val/test reuse train's); an empty class folder,
-    a single class or a class unknown to train is a `UserError` naming the folders.
+    `classes` fixes the label order (val/test reuse train's). An empty class folder, a
+    single class or a class unknown to train is recorded in `problems` (see `raise_problems`).
     """
     found, _ = _find_classes(split_dir)
     classes = classes if classes is not None else found
+    problems = []
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise UserError(f"{split_dir} has class folders that train/ lacks: {', '.join(unknown)}; "
-                        "every val/test class needs training images")
+        problems.append(f"{split_dir} has class folders that train/ lacks: {', '.join(unknown)} "
+                        "(every val/test class needs training images)")
     if len(classes) < 2:
-        raise UserError(f"{split_dir} holds one class folder ({classes[0]}); a classifier needs at least two "
-                        f"class folders {split_dir}/<class>/")
+        problems.append(f"{split_dir} holds one class folder ({classes[0]}); a classifier needs at least two")
     ignored: list[str] = []
 
     def is_image(path: str) -> bool:
@@ -64,9 +67,15 @@ def list_images(split_dir: Path, classes: list[str] | None = None) -> Listing:
     counts = Counter(label for _, label in samples)
     empty = [str(split_dir / classes[i]) for i in class_to_idx.values() if counts[i] == 0]
     if empty:
-        raise UserError(f"class folder(s) with no images: {', '.join(empty)}; add images "
-                        f"({', '.join(IMG_EXTENSIONS)}) or remove the folder(s)")
-    return Listing(split_dir, [p for p, _ in samples], [y for _, y in samples], list(classes), ignored)
+        problems.append(f"class folder(s) with no images ({', '.join(IMG_EXTENSIONS)}): {', '.join(empty)}")
+    return Listing(split_dir, [p for p, _ in samples], [y for _, y in samples], list(classes), ignored, problems)
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One `UserError` listing every problem found in a dataset's folders, if any."""
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in the image folders: {'; '.join(problems)}; "
+                        "fix them (add or remove files and folders) and run again")
 
 
 def _find_classes(split_dir: Path) -> tuple[list[str], dict[str, int]]:

@@ -67,6 +67,7 @@ from torchvision.models.resnet import Bottleneck
 from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
 from ..layers.convrnn import REGULATORS, ConvCell, resolve_regulator
+from ..layers.norm import get_norm_layer
 from ..layers.shortcut import projection
 from ..registry import register_model
 from .resnet_cifar import HE_2016, BasicBlock, init_weights
@@ -271,8 +272,9 @@ class RRNetCifar(_StagedNet):
                  regulator: type[ConvCell] | str | None = None, form: str = "light",
                  regulated_stages: tuple[int, ...] | None = None, widths: tuple[int, ...] = (16, 32, 64),
                  shortcut: str = "A", se_reduction: int | None = None,
-                 recurrent_state: str = "normalized", norm_layer: NormLayer = nn.BatchNorm2d):
+                 recurrent_state: str = "normalized", norm_layer: NormLayer | str = nn.BatchNorm2d):
         super().__init__()
+        norm_layer = get_norm_layer(norm_layer)  # a type, or a name from a config ("batch", "group")
         regulator = resolve_regulator(regulator)
         regulated = _check_stages(regulated_stages, len(widths)) if regulator else frozenset()
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
@@ -316,8 +318,9 @@ class RRNetImageNet(_StagedNet):
                  regulator: type[ConvCell] | str | None = None, form: str = "light",
                  regulated_stages: tuple[int, ...] | None = None, widths: tuple[int, ...] = (64, 128, 256, 512),
                  stride_on: str = "3x3", recurrent_state: str = "normalized",
-                 norm_layer: NormLayer = nn.BatchNorm2d):
+                 norm_layer: NormLayer | str = nn.BatchNorm2d):
         super().__init__()
+        norm_layer = get_norm_layer(norm_layer)  # a type, or a name from a config ("batch", "group")
         regulator = resolve_regulator(regulator)
         regulated = _check_stages(regulated_stages, len(widths)) if regulator else frozenset()
         self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
@@ -381,7 +384,7 @@ def _imagenet(regulator: type[ConvCell] | None, doc: str) -> Callable[..., RRNet
     return build
 
 
-_CIFAR_META = dict(input_size=32, paper=XU_2022, source="selfreg")
+_CIFAR_META = dict(input_size=32, paper=XU_2022, source="selfreg", norm_layer=True)
 
 for _name, _cell in REGULATORS.items():
     for _depth in (20, 32, 56):  # Tables II-IV
@@ -395,7 +398,7 @@ for _name in ("gru", "lstm"):  # Table V: a regulator in stage i only
             _cifar(20, REGULATORS[_name], regulated_stages=(_stage,)))
 
 # The paper does not say which cell RegNet-50 uses; ConvLSTM is its running example (Eq. 2-3).
-register_model("rrnet50", family="rrnet_lstm", input_size=224, paper=XU_2022, source="selfreg")(
+register_model("rrnet50", family="rrnet_lstm", input_size=224, paper=XU_2022, source="selfreg", norm_layer=True)(
     _imagenet(REGULATORS["lstm"], "RegNet-50 of Xu et al. (Table VI): ResNet-50 with a ConvLSTM per stage."))
-register_model("resnet50", family="resnet", input_size=224, paper=HE_2016, source="selfreg")(
+register_model("resnet50", family="resnet", input_size=224, paper=HE_2016, source="selfreg", norm_layer=True)(
     _imagenet(None, "ResNet-50 (torchvision's, v1.5 strides), the baseline of rrnet50."))

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import UserError
+
 BASE_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
 
@@ -52,9 +54,32 @@ def _fmt(v):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    with Path(path).open() as f:
-        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    """metrics.csv as one dict of floats per epoch; a damaged file is a one-line `UserError`.
+
+    Empty cells (a column that started later, e.g. skipped_steps) read as NaN; a row with
+    fewer cells than the header (a write cut short), a non-numeric cell, bytes that are not
+    text or a file without its header mean the file is damaged.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or header[0] != "epoch":
+                raise ValueError("no header line starting with 'epoch'")
+            rows = []
+            for line, cells in enumerate(reader, start=2):
+                if len(cells) != len(header):
+                    raise ValueError(f"line {line} has {len(cells)} cells, the header {len(header)} (cut short?)")
+                try:
+                    rows.append({k: float(v) if v != "" else float("nan") for k, v in zip(header, cells)})
+                except ValueError:
+                    raise ValueError(f"line {line} holds a value that is not a number") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is damaged (not a CSV text file: {type(exc).__name__})") from None
+    except ValueError as exc:
+        raise UserError(f"{path} is damaged ({exc})") from None
+    return rows
 
 
 class TensorBoard:

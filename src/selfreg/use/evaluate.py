@@ -111,7 +111,7 @@ def eval_splits(trained: Trained, data_cfg, wanted: list[str], device: torch.dev
     for split in wanted:
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    splits = build_dataset(data_cfg, with_test="test" in wanted)
+    splits = build_dataset(data_cfg, with_test="test" in wanted, needed=wanted)
     label_map = class_map(list(splits.classes), trained.classes, data_cfg.name)
     out = {}
     for split in wanted:
