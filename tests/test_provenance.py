@@ -1,0 +1,162 @@
+"""Provenance (issue #17): provenance.json per run, in every checkpoint and exported weights file;
+git state of selfreg's own tree with a patch that rebuilds it; data fingerprints; resumes; reports."""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from selfreg import provenance
+from selfreg.config import load_config
+from selfreg.train.engine import fit
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+TINY = ["data.name=digits", "data.image_size=8", "data.subset=100", "data.val_fraction=50", "data.batch_size=50",
+        "model.name=resnet20", "model.kwargs.widths=[4,8,8]", "train.epochs=1", "train.threads=1",
+        "train.plot=false", "train.progress=none", "train.tensorboard=false"]
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=10).stdout
+
+
+def make_repo(path: Path) -> Path:
+    """A small repository: a package, a binary file, an ignore rule; one commit."""
+    (path / "pkg").mkdir(parents=True)
+    (path / "pkg" / "__init__.py").write_text("VALUE = 1\n")
+    (path / "pkg" / "gone.py").write_text("x = 1\n")
+    (path / "weights.bin").write_bytes(bytes(range(256)))
+    (path / ".gitignore").write_text("*.log\n")
+    git("init", "-q", cwd=path)
+    git("add", ".", cwd=path)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=path)
+    return path
+
+
+def tree(root: Path) -> dict:
+    """Every file under root (without .git) and its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(root).parts}
+
+
+# ---------------------------------------------------------------------------------------- git
+
+@needs_git
+def test_clean_tree_records_the_commit_and_no_patch(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    state, patch = provenance.git_state(repo / "pkg")
+    assert state["source"] == "git checkout" and state["repo"] == str(repo.resolve())
+    assert state["commit"] == git("rev-parse", "HEAD", cwd=repo).strip()
+    assert state["dirty"] is False and patch == b""
+
+
+@needs_git
+def test_dirty_patch_applies_to_a_fresh_clone_and_rebuilds_the_tree(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "pkg" / "__init__.py").write_text("VALUE = 2\n")           # modified
+    (repo / "pkg" / "gone.py").unlink()                                 # deleted
+    (repo / "weights.bin").write_bytes(bytes(range(255, -1, -1)))       # binary, modified
+    (repo / "pkg" / "new module.py").write_text("NEW = True\n")         # untracked, space in the name
+    (repo / "blob.dat").write_bytes(b"\0\1\2 untracked binary")         # untracked, binary
+    (repo / "run.log").write_text("ignored\n")                          # ignored: not in the patch
+    state, patch = provenance.git_state(repo / "pkg")
+    assert state["dirty"] is True and b"run.log" not in patch
+
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    git("checkout", "-q", state["commit"], cwd=clone)
+    (tmp_path / "source.patch").write_bytes(patch)
+    git("apply", str(tmp_path / "source.patch"), cwd=clone)
+    expected = {k: v for k, v in tree(repo).items() if k != "run.log"}
+    assert tree(clone) == expected
+
+
+@needs_git
+def test_big_untracked_files_and_nested_repos_are_named_not_copied(tmp_path, monkeypatch):
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.setattr(provenance, "MAX_UNTRACKED_BYTES", 100)
+    (repo / "small.txt").write_text("small\n")
+    (repo / "big.dat").write_bytes(b"x" * 101)
+    make_repo(repo / "nested")
+    state, patch = provenance.git_state(repo)
+    assert state["untracked_skipped"] == ["big.dat", "nested/"] and "2 untracked" in state["note"]
+    assert b"b/small.txt" in patch and b"big.dat" not in patch and b"nested" not in patch
+
+
+def test_installed_copy_is_not_a_git_checkout(tmp_path):
+    site = tmp_path / "site-packages" / "pkg"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    state, patch = provenance.git_state(site)
+    assert state["source"] == "not a git checkout" and state["commit"] is None and patch == b""
+
+
+@needs_git
+def test_package_in_an_ignored_venv_inside_a_repo_is_not_that_repo(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".gitignore").write_text("*.log\n.venv/\n")
+    site = repo / ".venv" / "lib" / "pkg"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    state, _ = provenance.git_state(site)
+    assert state["source"] == "not a git checkout" and "not tracked" in state["note"]
+
+
+def test_git_missing_or_hanging_is_not_a_git_checkout(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    state, _ = provenance.git_state(tmp_path)
+    assert state["source"] == "not a git checkout" and "not installed" in state["note"]
+
+    def hang(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout"))
+    monkeypatch.setattr(provenance.subprocess, "run", hang)
+    state, _ = provenance.git_state(tmp_path)
+    assert state["commit"] is None and "took over" in state["note"]
+
+
+def test_command_line_as_typed():
+    assert provenance.command_line(["/venv/bin/selfreg", "train", "a b.yaml"]) == "selfreg train 'a b.yaml'"
+    assert provenance.command_line(["/src/selfreg/__main__.py", "train"]) == "python -m selfreg train"
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def test_data_fingerprint_is_the_same_elsewhere_and_changes_with_a_file(tmp_path):
+    a = tmp_path / "a" / "images"
+    for split, cls, name in [("train", "cat", "1.png"), ("train", "dog", "2.png"), ("val", "cat", "3.png")]:
+        (a / split / cls).mkdir(parents=True, exist_ok=True)
+        (a / split / cls / name).write_bytes(name.encode() * 10)
+    b = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(a, b)
+    (b / ".DS_Store").write_bytes(b"finder")              # hidden files are not data
+    os.utime(b / "train" / "cat" / "1.png", (0, 0))       # nor are times
+    fa, fb = provenance.data_fingerprint("folder", a), provenance.data_fingerprint("folder", b)
+    assert fa == fb and fa["files"] == 3 and len(fa["sha256"]) == 64
+    (b / "train" / "dog" / "2.png").write_bytes(b"other size")
+    assert provenance.data_fingerprint("folder", b)["sha256"] != fa["sha256"]
+    assert provenance.data_fingerprint("folder", tmp_path / "missing")["sha256"] is None
+
+
+def test_array_datasets_fingerprint_only_the_files_they_read(tmp_path):
+    from selfreg.data.datasets import data_source
+
+    cfg = load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]).data
+    base, files = data_source(cfg)
+    assert base == tmp_path / "cifar-10-batches-py" and {f.name for f in files} >= {"data_batch_1", "test_batch"}
+
+
+def test_every_dataset_says_which_files_it_reads(tmp_path):
+    from selfreg.data import DATASETS
+    from selfreg.data.datasets import data_source
+
+    for name in DATASETS.names():
+        assert "files" in DATASETS.entry(name).meta, name
+        base, files = data_source(load_config(None, [f"data.name={name}", f"data.root={tmp_path}"]).data)
+        assert isinstance(base, Path) and (files is None or all(Path(f).parent == base for f in files))
+    digits = provenance.data_fingerprint("digits", *data_source(load_config(None, []).data))
+    assert digits["files"] == 1 and digits["bytes"] > 0
