@@ -160,3 +160,87 @@ def test_every_dataset_says_which_files_it_reads(tmp_path):
         assert isinstance(base, Path) and (files is None or all(Path(f).parent == base for f in files))
     digits = provenance.data_fingerprint("digits", *data_source(load_config(None, []).data))
     assert digits["files"] == 1 and digits["bytes"] > 0
+
+
+# ---------------------------------------------------------------------------------------- runs
+
+FAKE_A = {"source": "git checkout", "repo": "/src", "commit": "a" * 40, "dirty": False}
+FAKE_B = {"source": "git checkout", "repo": "/src", "commit": "b" * 40, "dirty": True}
+
+
+def fake_git(state, patch=b""):
+    return lambda where=None: (dict(state), patch)
+
+
+def tiny(out, *extra):
+    return load_config(None, [*TINY, f"train.out_dir={out}", "train.run_name=r", *extra])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny run from a fake dirty tree (its patch is checked below)."""
+    out = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(provenance, "git_state", fake_git(FAKE_B, b"diff --git a/x b/x\n"))
+        fit(tiny(out), log=lambda s: None)
+    return out / "r"
+
+
+def test_run_folder_has_provenance_and_patch(run):
+    record = json.loads((run / "provenance.json").read_text())
+    assert record["commit"] == "b" * 40 and record["dirty"] is True and record["seed"] == 0
+    assert record["world_size"] == 1 and record["device"] and record["host"]
+    assert record["started"].endswith("Z") and record["ended"] >= record["started"]
+    assert record["selfreg_version"] and record["versions"]["torch"] == torch.__version__
+    assert record["data"]["dataset"] == "digits" and len(record["data"]["sha256"]) == 64
+    assert (run / "source.patch").read_bytes() == b"diff --git a/x b/x\n"
+    assert record["patch"] == "source.patch" and len(record["patch_sha256"]) == 64
+    assert record["resumes"] == []
+
+
+def test_checkpoint_carries_provenance_and_loads_weights_only(run):
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    record = json.loads((run / "provenance.json").read_text())
+    assert state["provenance"] == {**record, "ended": None}     # written before the run ended
+
+
+def test_resume_from_another_commit_says_so_and_appends(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "git_state", fake_git(FAKE_A))
+    fit(tiny(tmp_path), log=lambda s: None)
+    run = tmp_path / "r"
+    original = json.loads((run / "provenance.json").read_text())
+    assert original["dirty"] is False and not (run / "source.patch").exists()
+
+    monkeypatch.setattr(provenance, "git_state", fake_git(FAKE_B, b"diff --git a/y b/y\n"))
+    lines = []
+    fit(tiny(tmp_path, "train.epochs=2"), resume=run, log=lines.append)
+    said = [line for line in lines if line.startswith("provenance:")]
+    assert said == ["provenance: resuming a run made from commit aaaaaaa with commit bbbbbbb (dirty)"]
+    record = json.loads((run / "provenance.json").read_text())
+    assert {k: v for k, v in record.items() if k != "resumes"} == {k: v for k, v in original.items()
+                                                                    if k != "resumes"}
+    (resume,) = record["resumes"]
+    assert resume["commit"] == "b" * 40 and resume["dirty"] is True and resume["command"] and resume["time"]
+    assert resume["patch"] == "source.resume-1.patch" and (run / "source.resume-1.patch").is_file()
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["provenance"]["resumes"][0]["commit"] \
+        == "b" * 40
+
+    lines.clear()                                   # the same tree again: nothing to say
+    fit(tiny(tmp_path, "train.epochs=3"), resume=run, log=lines.append)
+    assert not [line for line in lines if line.startswith("provenance:")]
+    assert len(json.loads((run / "provenance.json").read_text())["resumes"]) == 2
+
+
+def test_resume_messages_name_what_changed():
+    base = {**FAKE_A, "data": {"dataset": "digits", "sha256": "1" * 64}, "resumes": []}
+    dirty = {**FAKE_A, "dirty": True, "patch_sha256": "c" * 64, "data": base["data"]}
+    _, said = provenance.append_resume(base, dirty)
+    assert said == "provenance: resuming a run made from commit aaaaaaa with commit aaaaaaa (dirty)"
+    record, _ = provenance.append_resume(base, dirty)
+    _, said = provenance.append_resume(record, {**dirty, "patch_sha256": "d" * 64})
+    assert said == ("provenance: resuming a run last continued from commit aaaaaaa (dirty) with other "
+                    "uncommitted changes on that commit")
+    _, said = provenance.append_resume(base, {**FAKE_A, "data": {"dataset": "digits", "sha256": "2" * 64}})
+    assert said == "provenance: its data changed: digits:11111111 -> digits:22222222"
+    _, said = provenance.append_resume({"format": provenance.FORMAT, "resumes": []}, dirty)
+    assert said.startswith("provenance: this run has no record of its origin")
