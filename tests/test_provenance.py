@@ -244,3 +244,43 @@ def test_resume_messages_name_what_changed():
     assert said == "provenance: its data changed: digits:11111111 -> digits:22222222"
     _, said = provenance.append_resume({"format": provenance.FORMAT, "resumes": []}, dirty)
     assert said.startswith("provenance: this run has no record of its origin")
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def fake_run(folder: Path, seed: int, record: dict | None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"name": "resnet20"}, "data": {"name": "digits"}, "train": {"seed": seed, "epochs": 1}}))
+    (folder / "metrics.csv").write_text("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n"
+                                        "1,0.1,1.0,0.5,1.0,0.5,1.0\n")
+    (folder / "summary.json").write_text(json.dumps(
+        {"params": 1000, "final_val_acc": 0.5, "best_val_acc": 0.5, "image_size": 8, "num_classes": 10,
+         "in_chans": 1, "epochs": 1, "device": "cpu"}))
+    if record is not None:
+        provenance.write(folder, record)
+
+
+def record(commit, dirty=False, sha="1" * 64):
+    return {"format": provenance.FORMAT, "commit": commit, "dirty": dirty, "selfreg_version": "0.1.0",
+            "patch_sha256": "c" * 64 if dirty else None, "data": {"dataset": "digits", "sha256": sha}, "resumes": []}
+
+
+def test_report_warns_when_runs_differ_in_source_or_data(tmp_path):
+    from selfreg.analysis.report import build_report
+
+    fake_run(tmp_path / "runs" / "a" / "s0", 0, record("a" * 40))
+    fake_run(tmp_path / "runs" / "a" / "s1", 1, record("b" * 40, dirty=True, sha="2" * 64))
+    text = build_report(tmp_path / "runs").read_text()
+    top = text.split("## Results")[0]
+    assert "2 different source trees: aaaaaaa (1 run), bbbbbbb+dirty:cccccc (1 run)" in top
+    assert "1 run of 2 ran from a source tree with uncommitted changes" in top
+    assert "the runs on digits read different data (fingerprints 11111111 (1 run), 22222222 (1 run))" in top
+    assert "| aaaaaaa | 11111111 |" in text and "| bbbbbbb dirty | 22222222 |" in text
+
+
+def test_report_of_agreeing_runs_has_no_warning():
+    same = [record("a" * 40), record("a" * 40)]
+    assert provenance.consistency_warnings(same) == []
+    assert "no provenance.json" in provenance.consistency_warnings([same[0], None])[0]
+
