@@ -204,6 +204,22 @@ def test_checkpoint_carries_provenance_and_loads_weights_only(run):
     assert state["provenance"] == {**record, "ended": None}     # written before the run ended
 
 
+def test_exported_weights_carry_the_run_provenance(run, tmp_path):
+    from safetensors import safe_open
+
+    from selfreg.use import load_trained
+    from selfreg.use.export import export
+
+    result = export(load_trained(run / "checkpoints" / "best.pt"), "safetensors", tmp_path / "w.safetensors",
+                    check=False)
+    with safe_open(str(result.path), framework="pt") as f:
+        header = json.loads(f.metadata()["selfreg"])
+    sidecar = json.loads(result.path.with_suffix(".json").read_text())
+    assert header["provenance"]["commit"] == "b" * 40
+    assert header["provenance"]["data"] == sidecar["provenance"]["data"]
+    assert load_trained(result.path).provenance == header["provenance"]   # and survives a re-export
+
+
 def test_resume_from_another_commit_says_so_and_appends(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "git_state", fake_git(FAKE_A))
     fit(tiny(tmp_path), log=lambda s: None)
