@@ -7,6 +7,8 @@ The folder is a sweep (its `sweep.yaml` gives the configurations in order and th
 numbers) or any folder of runs: then each run folder holding a config.yaml is one run, and
 runs whose paths differ only in a trailing `s<seed>` form one configuration.
 A report never picks the best seed: every number is a mean over the finished runs.
+Its first lines warn when the runs come from different source trees, ran from a dirty
+tree or read different data (their provenance.json, selfreg.provenance).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from .. import provenance
 from ..errors import UserError
 
 
@@ -36,6 +39,7 @@ class RunRecord:
     summary: dict | None          # None until the run finished
     rows: list[dict]              # metrics.csv, one dict per epoch
     failed: str | None = None     # failed.txt, written by a sweep
+    provenance: dict | None = None  # provenance.json (None for runs made before it existed)
 
     @property
     def minutes(self) -> float:
@@ -115,7 +119,8 @@ def read_run(path: Path) -> RunRecord:
         raise UserError(f"{metrics_path} has {len(rows)} epoch rows but summary.json says "
                         f"{summary.get('epochs')} epochs (truncated)")
     failed = failed_path.read_text().strip() if failed_path.is_file() else None
-    return RunRecord(path, int(config.get("train", {}).get("seed", 0)), config, summary, rows, failed)
+    return RunRecord(path, int(config.get("train", {}).get("seed", 0)), config, summary, rows, failed,
+                     provenance.read(path))
 
 
 def _read_file(path: Path, parse: Callable[[str], Any]) -> Any:
@@ -369,6 +374,8 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     doc = Doc()
     title = f"Report: {record.get('name', root.name)}"
     doc.heading(title, 1)
+    for line in provenance.consistency_warnings([r.provenance for g in groups for r in g.runs]):
+        doc.para(line)
     doc.para(f"Made by `{command or f'selfreg report {root}'}` from {sum(len(g.runs) for g in groups)} runs "
              f"under `{root}`.")
     commands = record.get("commands") or ([record["command"]] if record.get("command") else [])
@@ -438,9 +445,14 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
                              f"{100 * (1 - s['final_val_acc']):.2f}" if s else "-",
                              f"{100 * (1 - s['best_val_acc']):.2f}" if s else "-",
                              f"{100 * (1 - s['test_acc']):.2f}" if "test_acc" in s else "-",
-                             f"{r.minutes:.1f}", str(s.get("device", "-"))])
+                             f"{r.minutes:.1f}", str(s.get("device", "-")),
+                             provenance.run_source(r.provenance), provenance.run_data(r.provenance)])
     doc.table(["configuration", "seed", "state", "epochs", "final val err", "best val err", "test err",
-               "minutes", "device"], run_rows)
+               "minutes", "device", "commit", "data"], run_rows)
+    doc.para("commit: the git commit of selfreg's source each run (and each resume) ran from, `dirty` when "
+             "it had uncommitted changes (kept in the run folder as source.patch); data: the first 8 hex "
+             "digits of the data's fingerprint (sha256 of its files' names and sizes). Both from the run's "
+             "provenance.json.")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(doc, out.parent))

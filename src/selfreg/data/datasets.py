@@ -186,6 +186,18 @@ def build_dataset(cfg, *, with_test: bool | None = None, needed: Sequence[str] |
         skipped=raw.skipped, notes=notes)
 
 
+def data_source(cfg) -> tuple[Path, list[Path] | None]:
+    """The folder a dataset reads and, when it reads only some files there, those files: what
+    a run's provenance fingerprints (selfreg.provenance.data_fingerprint). Each builder says
+    so at registration (`files=`); one that does not is taken to read all of data.root."""
+    files = DATASETS.entry(cfg.name).meta.get("files")
+    return files(cfg) if files is not None else (Path(cfg.root).expanduser(), None)
+
+
+def _whole_root(cfg) -> tuple[Path, None]:
+    return Path(cfg.root).expanduser(), None
+
+
 def resolve_augment(names: Sequence[str], default: Sequence[str]) -> list[str]:
     """`data.augment` names in order, checked; "auto" stands for the dataset's own recipe."""
     out: list[str] = []
@@ -257,7 +269,15 @@ def train_stats(train: Dataset, sample: int = 1000) -> tuple[list[float], list[f
 # ---------------------------------------------------------------------------------------
 # digits: bundled with scikit-learn, the offline default
 
-@DATASETS.register("digits", augment=["none"],
+def _digits_files(cfg) -> tuple[Path, list[Path]]:
+    """The CSV scikit-learn ships (load_digits reads it): version-bound, so worth fingerprinting."""
+    from importlib.resources import files
+
+    path = Path(str(files("sklearn.datasets.data") / "digits.csv.gz"))
+    return path.parent, [path]
+
+
+@DATASETS.register("digits", augment=["none"], files=_digits_files,
                    paper="scikit-learn's copy of the UCI optical digits (8x8, 1,797 images)")
 def digits(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     """scikit-learn's bundled 8x8 digits, upsampled (bilinear) to `image_size` (default 32). No download.
@@ -393,7 +413,17 @@ def _register_arrays() -> None:
         ("stl10", _stl10_spec, "stl10", 0.2, ["stl10"], "Coates et al. 2011; 5k labelled/8k test 96x96"),
     ]
     for name, spec, stats, val, augment, source in table:
-        DATASETS.add(name, _array_builder(name, spec, stats, val), augment=augment, paper=source)
+        DATASETS.add(name, _array_builder(name, spec, stats, val), augment=augment, paper=source,
+                     files=_array_files(spec))
+
+
+def _array_files(spec_fn: Callable[[], ArraySpec]) -> Callable:
+    """The files the cache key hashes: exactly what torchvision parses (not archives beside them)."""
+    def files(cfg) -> tuple[Path, list[Path]]:
+        spec = spec_fn()
+        folder = spec.folder(Path(cfg.root).expanduser())
+        return folder, [folder / f for f in spec.hashed]
+    return files
 
 
 _register_arrays()
@@ -406,7 +436,12 @@ IMAGENETTE_SIZES = {"full": "full", "320": "320px", "320px": "320px", "160": "16
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
 
 
-@DATASETS.register("imagenette", augment=["imagenet"],
+def _imagenette_files(cfg) -> tuple[Path, None]:
+    size = IMAGENETTE_SIZES.get(str(cfg.size), "full")
+    return Path(cfg.root).expanduser() / IMAGENETTE_FOLDERS[size], None
+
+
+@DATASETS.register("imagenette", augment=["imagenet"], files=_imagenette_files,
                    paper="fast.ai's 10-class ImageNet subset (torchvision.datasets.Imagenette)")
 def imagenette(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     """torchvision's Imagenette at data.size full / 320 / 160; its official val split is val; no test."""
@@ -427,7 +462,7 @@ def imagenette(cfg, *, with_test: bool, presets: list[str]) -> Raw:
                mean=mean, std=std, notes=["imagenette: no test split; val is the official validation set"])
 
 
-@DATASETS.register("imagenet", augment=["imagenet"],
+@DATASETS.register("imagenet", augment=["imagenet"], files=_whole_root,
                    paper="ILSVRC-2012, standard train/ and val/ class folders")
 def imagenet(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     """ILSVRC-2012 in the usual `root/{train,val}/<wnid>/*.JPEG` layout; val is the official val, no test.
@@ -456,7 +491,7 @@ def imagenet(cfg, *, with_test: bool, presets: list[str]) -> Raw:
 SPLITS = ("train", "val", "test")
 
 
-@DATASETS.register("folder", augment=["none"], scans_files=True,
+@DATASETS.register("folder", augment=["none"], scans_files=True, files=_whole_root,
                    paper="any root/<split>/<class>/<image> tree (torchvision ImageFolder layout)")
 def folder(cfg, *, with_test: bool, presets: list[str], needed: tuple[str, ...] = SPLITS) -> Raw:
     """`root/train/<class>/*` (+ optional val/, test/); without val/, val is carved from train (default 10%).

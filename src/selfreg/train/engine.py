@@ -5,8 +5,9 @@
 
 A run directory holds `config.yaml` (the resolved config, which reproduces the
 run), `metrics.csv`, TensorBoard events under `tb/`, `checkpoints/{last,best}.pt`,
-`plots/curves.png` and `summary.json`. Mixed precision, channels_last,
-torch.compile, EMA, SAM and DistributedDataParallel are all options here, once.
+`plots/curves.png`, `summary.json` and `provenance.json` (where it came from:
+selfreg.provenance). Mixed precision, channels_last, torch.compile, EMA, SAM and
+DistributedDataParallel are all options here, once.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from .. import provenance
 from ..analysis.complexity import count_parameters
 from ..config import Config, changed_keys, load_config, save_config
 from ..data import build_dataset, build_loaders
+from ..data.datasets import data_source
 from ..data.eval_transform import EvalTransform
 from ..errors import UserError
 from ..models.zoo import takes_img_size
@@ -363,6 +366,11 @@ class Run:
             self.run_dir = make_run_dir(cfg) if self.ctx.is_main else Path(".")
         if self.ctx.is_main:   # last: a resume that fails above leaves the run's config as it was
             self._save_config_if_changed()
+        # Where the run came from (provenance.json, source.patch; a resume appends). Rank 0 only.
+        self.provenance = provenance.begin(
+            self.run_dir, resumed=resume is not None, seed=cfg.train.seed, world_size=self.ctx.world_size,
+            device=describe_device(device), data=provenance.data_fingerprint(cfg.data.name, *data_source(cfg.data)),
+            log=self.log) if self.ctx.is_main else {}
 
         self.train_model = self.model
         if self.ctx.enabled:
@@ -394,6 +402,7 @@ class Run:
                 "classes": list(self.splits.classes), "in_chans": self.splits.in_chans,
                 "image_size": self.splits.image_size, "mean": list(self.splits.mean),
                 "std": list(self.splits.std), "selfreg_version": __version__,
+                "provenance": self.provenance,
                 # What `selfreg predict` needs to turn any image into a model input.
                 "transform": EvalTransform.from_splits(self.cfg.data, self.splits).to_dict()}
 
@@ -529,6 +538,7 @@ class Run:
             summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            provenance.finish(self.run_dir, self.provenance)
             self.log(f"final validation accuracy {100 * final:.2f}% (best {100 * self.best_acc:.2f}% at epoch "
                      f"{self.best_epoch}); run directory {self.run_dir}")
         return summary

@@ -29,6 +29,7 @@ class Trained:
     kwargs: dict[str, Any]            # builder arguments besides num_classes / in_chans
     source: Path
     data: dict[str, Any] = field(default_factory=dict)   # the run's data config (may be empty)
+    provenance: dict[str, Any] = field(default_factory=dict)   # where the run came from (selfreg.provenance)
 
     @property
     def num_classes(self) -> int:
@@ -51,6 +52,7 @@ class Loaded:
     transform: EvalTransform
     weights: dict[str, torch.Tensor]
     data: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def _from_checkpoint(path: Path) -> Loaded:
@@ -64,7 +66,7 @@ def _from_checkpoint(path: Path) -> Loaded:
     config = state.get("config") or {}
     transform = EvalTransform.from_checkpoint(state, str(path))
     return Loaded(state["model_name"], saved_kwargs(state["model_name"], config, transform), list(state["classes"]),
-                  transform, state["model"], dict(config.get("data") or {}))
+                  transform, state["model"], dict(config.get("data") or {}), dict(state.get("provenance") or {}))
 
 
 def saved_kwargs(name: str, config: dict, transform: EvalTransform) -> dict[str, Any]:
@@ -109,7 +111,8 @@ def load_trained(path: str | Path, name: str | None = None, device: str | torch.
                          in_chans=in_chans or loaded.transform.channels, **build_kwargs)
     load_model_state(model, loaded.weights, path)
     model.to(device).eval()
-    return Trained(model, loaded.name, loaded.classes, loaded.transform, build_kwargs, path, loaded.data)
+    return Trained(model, loaded.name, loaded.classes, loaded.transform, build_kwargs, path, loaded.data,
+                   loaded.provenance)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -4,7 +4,8 @@
     model = selfreg.create_model("resnet20", checkpoint="resnet20.safetensors")
 
 The header's metadata holds one key, "selfreg", a JSON object: format, model name, builder
-arguments, num_classes, in_chans, classes, eval transform and the run's data config. The
+arguments, num_classes, in_chans, classes, eval transform, the run's data config and its
+provenance (commit, dirty, data fingerprint, versions: selfreg.provenance). The
 JSON sidecar is a copy for people and tools; loading reads the header only. safetensors
 holds tensors and strings, nothing executable.
 """
@@ -27,7 +28,7 @@ KEY = "selfreg"
 def metadata(trained: "Trained") -> dict:
     return {"format": FORMAT, "model_name": trained.name, "model_kwargs": trained.kwargs,
             "num_classes": trained.num_classes, "in_chans": trained.in_chans, "classes": trained.classes,
-            "transform": trained.transform.to_dict(), "data": trained.data}
+            "transform": trained.transform.to_dict(), "data": trained.data, "provenance": trained.provenance}
 
 
 def write_weights(trained: "Trained", path: str | Path) -> tuple[Path, Path]:
@@ -64,6 +65,6 @@ def read_weights(path: Path) -> "Loaded":
         meta = json.loads(header[KEY])
         transform = EvalTransform.from_dict(meta["transform"])
         return Loaded(meta["model_name"], dict(meta.get("model_kwargs") or {}), list(meta["classes"]), transform,
-                      weights, dict(meta.get("data") or {}))
+                      weights, dict(meta.get("data") or {}), dict(meta.get("provenance") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: damaged selfreg metadata ({type(exc).__name__}: {exc})") from None
