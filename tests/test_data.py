@@ -45,7 +45,7 @@ def test_val_split_is_fixed_by_seed_and_disjoint():
 
 
 @pytest.mark.parametrize("value,match", [("0", "must be a fraction in"), ("5000", "holds out 5000 of 1438"),
-                                         ("x", "must be a fraction in")])
+                                         ("x", "must be a number"), ("1.5", "a whole count >= 1")])
 def test_bad_val_fraction(value, match):
     with pytest.raises(UserError, match=match):
         build_dataset(cfg_of(f"data.val_fraction={value}"))
@@ -62,7 +62,7 @@ def test_subset_is_fixed_and_leaves_val_alone():
 @pytest.mark.parametrize("override,match", [
     ("data.name=cifar", r"unknown dataset \(data.name\) 'cifar'; did you mean: cifar10, cifar100"),
     ("data.augment=[cifar,fancy]", r"unknown data.augment preset 'fancy'"),
-    ("data.channels=2", "data.channels must be auto, 1 or 3"),
+    ("data.channels=2", "data.channels must be one of auto, 1, 3"),
     ("data.augment=lighting", "'lighting' needs RGB images; set data.channels=3"),
 ])
 def test_config_mistakes_name_the_fix(override, match):

@@ -190,9 +190,9 @@ def test_training_augmentation_never_reaches_val():
 
 
 def test_loader_choice_errors():
-    splits, cfg = digits_setup("data.loader=fastest")
     with pytest.raises(UserError, match="data.loader must be one of auto, fast, torch"):
-        build_loaders(splits, cfg, seed=0)
+        load_config(None, ["data.loader=fastest"])
+    splits, cfg = digits_setup()
     splits.in_memory = False                      # as for a folder read from files
     with pytest.raises(UserError, match="data.loader=fast needs a dataset held in memory"):
         build_loaders(splits, load_config(None, ["data.loader=fast"]).data, seed=0)

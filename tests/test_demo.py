@@ -9,6 +9,7 @@ from conftest import REPO
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)   # the whole 15-epoch demo: about a minute on a quiet 2-core CPU
 def test_demo_recipe_reaches_90_percent(tmp_path):
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"train.out_dir={tmp_path}"])
     summary = fit(cfg, log=lambda s: None)

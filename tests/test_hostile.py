@@ -120,6 +120,14 @@ def test_sweep_with_a_bad_grid_point_starts_nothing(tmp_path, capsys, grid, need
     assert not (tmp_path / "sw").exists()
 
 
+def test_a_run_failing_before_its_folder_exists_does_not_stop_the_sweep(tmp_path, capsys):
+    grid = {"data": {"bad": {"data.name": "folder", "data.root": str(tmp_path / "missing")}, "ok": {}}}
+    code = main(["sweep", str(write_sweep(tmp_path, grid)), "-o", str(tmp_path / "sw"), "train.threads=1"])
+    assert code == 1                                   # a failed run: exit 1, the others ran
+    assert "missing" in (tmp_path / "sw" / "bad" / "s0" / "failed.txt").read_text()
+    assert (tmp_path / "sw" / "ok" / "s0" / "summary.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------
 # 3. Ranges are checked when the config is loaded
 

@@ -314,6 +314,10 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
 def coerce(value: Any, typ: Any, key: str) -> Any:
     """Check `value` against the annotation `typ`; allow int->float and scalar->[scalar]."""
     origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is typing.Union and type(None) in args:        # Optional[X]: null, or an X
+        inner = next(a for a in args if a is not type(None))
+        return None if value is None else coerce(value, inner, key)
     if origin is list:
         (item_type,) = typing.get_args(typ) or (Any,)
         if not isinstance(value, (list, tuple)):
