@@ -2,7 +2,7 @@
 
 What is compared is the *increase over the baseline*: ours (model minus our baseline)
 against the paper's (its number for the model minus its number for the baseline, from the
-same table and column), never totals. Table V's single-stage regulators add 1-11% to a
+same table and column), never totals. Table V's single-stage regulators add 0.9-10.5% to a
 ResNet-20, so a total within some percent says little: a plain ResNet-20 is within 15% of
 five of Table V's six C-10 RegNet(i) totals. Totals are printed next to the increases, for
 reference.
