@@ -6,11 +6,9 @@ Prints the markdown table that docs/regnet.md shows, then the count of each resu
 row compares an increase over the baseline (ours: model minus our baseline; the paper's:
 its model minus its baseline, same table and column) within a tolerance derived from the
 paper's printed precision; totals are printed next to it. The rows, the paper's numbers and
-the rules are in selfreg.analysis.regnet_checks; tests/test_regnet.py asserts each row's
-result. Counting runs on the meta device, so it takes seconds.
-
-It reports and exits 0 whatever the results; tests/test_regnet.py holds the expected
-result of every row and fails when one changes.
+the rules are in selfreg.analysis.regnet_checks. Counting runs on the meta device, so it
+takes seconds. It reports and exits 0 whatever the results; tests/test_regnet.py holds the
+expected result of every row and fails when one changes.
 """
 from __future__ import annotations
 

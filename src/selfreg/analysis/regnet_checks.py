@@ -292,7 +292,7 @@ def compare(row: Row) -> Comparison:
 
 def _no_reading(row: Row, tried: dict) -> str:
     """'paper inconsistent: ...' with the range each (form, metric) of the readings reaches."""
-    paper, _, text = row.paper_increase()
+    text = row.paper_increase()[2]
     fmt = Printed(row.total)
     spans = []
     for form in ("light", "full"):
@@ -329,8 +329,7 @@ def markdown_table(rows: list[Comparison]) -> str:
             if isinstance(r.increase, tuple):
                 paper_inc = f"{r.increase[0]} - {r.increase[1].lstrip('+')} = {paper_inc}"
             diff, tol = _n(round(c.ours_increase - value), sign=True), f"±{round(tolerance):,}"
-        result = c.result + (f" ({c.note})" if c.result == "not checked" else "") \
-            if c.result != "paper inconsistent" else c.note
+        result = {"not checked": f"not checked ({c.note})", "paper inconsistent": c.note}.get(c.result, c.result)
         lines.append(f"| {r.source} | {r.label} | {quantity} | {_n(c.ours_total)} | {_n(c.ours_increase, True)} "
                      f"| {r.total or ''} | {paper_inc} | {diff} | {tol} | {result} |")
     return "\n".join(lines)
