@@ -114,6 +114,50 @@ def test_imagenet_folder_layout(tmp_path):
         build_dataset(cfg_of("data.name=imagenet", f"data.root={tmp_path / 'inet'}", "data.augment=cifar"))
 
 
+def test_imagenet_scale_preset_resizes_the_shorter_side_then_crops():
+    from selfreg.data.transforms import Context, build_pipelines, presets_fix_size, scale_range, seeded
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    ctx = Context(None, (224, 224), 3, 3)                 # photos of any size, a 224 model
+    pipes = build_pipelines(["scale"], ctx, mean, std)
+    assert presets_fix_size(["scale"]) and scale_range((224, 224)) == (256, 480)
+    assert repr(pipes.train.stages[0]) == ("RandomResize(shorter side 256..480) + RandomCrop(224x224) "
+                                           "+ RandomHorizontalFlip")
+    img = torch.randint(0, 256, (3, 30, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    resize = pipes.train.stages[0].transform.transforms[0]
+    sides = []
+    for seed in range(40):                                  # the preset's first step, seeded as the loader seeds it
+        with seeded(seed):
+            resized = resize(img)
+        short, long = resized.shape[-2:]
+        assert 256 <= short <= 480 and abs(long - short * 50 / 30) <= 1, resized.shape
+        sides.append(short)
+    assert min(sides) < 290 and max(sides) > 445                         # spread over the range
+    with seeded(0):
+        assert pipes.train(img).shape == (3, 224, 224)
+    # Eval: shorter side 256, centre 224, the very pixels of the imagenet preset's eval.
+    rrc = build_pipelines(["imagenet"], ctx, mean, std)
+    assert repr(pipes.eval.stages[0]) == repr(rrc.eval.stages[0]) == "Resize(256) + CenterCrop(224x224)"
+    assert torch.equal(pipes.eval(img), rrc.eval(img))
+
+
+def test_imagenet_folder_with_scale_augmentation(tmp_path):
+    from selfreg.data.eval_transform import EvalTransform
+
+    for split in ("train", "val"):
+        write_photos(tmp_path / "inet" / split, ["n01440764", "n02102040"])
+    cfg = cfg_of("data.name=imagenet", f"data.root={tmp_path / 'inet'}", "data.image_size=16", "data.augment=scale")
+    splits = build_dataset(cfg)
+    assert "RandomResize(shorter side 18..34) + RandomCrop(16x16)" in repr(splits.train_transform)
+    assert "Resize(18) + CenterCrop(16x16)" in repr(splits.eval_transform)
+    loaders = build_loaders(splits, cfg, seed=0)
+    assert next(iter(loaders["train"]))[0].shape == (4, 3, 16, 16)
+    # What a checkpoint saves rebuilds the same eval pixels.
+    saved = EvalTransform.from_splits(cfg, splits)
+    img = torch.randint(0, 256, (3, 30, 21), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    assert saved.resize == "center_crop" and torch.equal(saved.pipeline(3)(img), splits.eval_transform(img))
+
+
 def test_imagenette_through_torchvision(tmp_path):
     root = tmp_path / "nette" / "imagenette2-160"
     for split in ("train", "val"):

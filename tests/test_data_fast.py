@@ -56,6 +56,7 @@ def reference(pipeline, img, params, i):
     (["cifar"], {"channels": 1}),                                  # RGB -> grey
     (["flip"], {"channels": 3, "native_channels": 1}),             # grey -> RGB
     (["imagenet"], {"target": 24}),                                # RandomResizedCrop, per image
+    (["scale"], {"target": 24}),                                   # shorter side 27..51, crop, per image
     (["none"], {}),
 ])
 def test_batch_equals_reference_pixels(presets, kwargs):

@@ -5,7 +5,8 @@ from torch import nn
 
 from selfreg import create_model, list_models
 from selfreg.analysis.complexity import count_parameters
-from selfreg.analysis.regnet_checks import PAPER_VALUES, TOLERANCE, compare, markdown_table
+from selfreg.analysis.regnet_checks import (PAPER_ROWS, Printed, Row, compare, markdown_table, measure, plain,
+                                            stage_sums, summary)
 from selfreg.errors import UserError
 from selfreg.layers.convrnn import ConvCell, ConvLSTM
 from selfreg.models.regnet import XU_2022, RegStage, RRNetImageNet
@@ -40,12 +41,71 @@ def test_forward_backward_and_no_state_leak(name):
         assert torch.equal(model(x), first)
 
 
-def test_counts_against_the_paper():
-    rows = [compare(v) for v in PAPER_VALUES]
+# The rows that FAIL: real gaps between our counts and the paper's, explained in docs/regnet.md
+# ("How to read the gaps"). A change either way (a new failure, or one of these passing) is news.
+EXPECTED_FAIL = {
+    ("Table I, C-10", "rrnet20_gru over resnet20"),
+    ("Table I, C-10", "rrnet20_gru, form=full over resnet20"),
+    ("Table IV, C-10", "rrnet56_lstm over resnet56"),
+    ("Table IV, C-100", "rrnet56_lstm over resnet56"),
+}
+
+
+def test_increases_against_the_paper():
+    rows = [compare(r) for r in PAPER_ROWS]
     print("\n" + markdown_table(rows))
-    far = [f"{r.value.label} {r.value.metric}: {r.rel:+.1%}" for r in rows
-           if r.value.checked and abs(r.rel) > TOLERANCE]
-    assert not far, far
+    assert {(c.row.source, c.row.label) for c in rows if c.result == "FAIL"} == EXPECTED_FAIL
+    inconsistent = {(c.row.source, c.row.model, c.row.metric) for c in rows if c.result == "paper inconsistent"}
+    assert inconsistent == {(f"Table V, {col}", f"rrnet20_{cell}_s{s}", "params") for col in ("C-10", "C-100")
+                            for cell in ("gru", "lstm") for s in (1, 2, 3)} | {
+        ("Table VI", "rrnet50", "params"), ("Table VI", "rrnet50", "macs")}
+    assert summary(rows) == {"pass": 11, "FAIL": 4, "paper inconsistent": 14, "not checked": 2, "baseline": 4}
+    assert all(c.row.baseline and c.ours_increase is not None for c in rows if c.result in ("pass", "FAIL"))
+
+
+def test_a_plain_resnet_fails_the_checks_that_regnet_passes():
+    # The increase checks can fail: the same rows with regulator=None (exactly ResNet-(6n+2))
+    # add nothing, which no row of Tables I, IV, V allows.
+    cifar = [r for r in PAPER_ROWS if r.metric == "params" and r.num_classes != 1000
+             and r.baseline and r.baseline.startswith("resnet")]
+    assert len(cifar) == 2 + 12 + 12
+    passed = [r for r in cifar if compare(r).result == "pass"]
+    assert len(passed) == 10
+    for row in cifar:
+        assert compare(plain(row)).ours_increase == 0
+        assert compare(plain(row)).result == "FAIL", row.label
+    # What the issue found: totals within 15% let a plain ResNet-20 through 5 of Table V's 6 C-10 rows.
+    ours = measure("resnet20", "params")
+    table_v = [r for r in cifar if r.source == "Table V, C-10"]
+    assert sum(abs(ours - Printed(r.total).value) <= 0.15 * Printed(r.total).value for r in table_v) == 5
+
+
+def test_the_paper_contradicts_itself_in_table_v():
+    # The premise: a regulator in stage i alone adds what it adds in the all-stage model, so the
+    # single-stage increases sum to the all-stage one. It holds for ours exactly.
+    for cell in ("gru", "lstm"):
+        stages = sum(measure(f"rrnet20_{cell}_s{s}", "params") - measure("resnet20", "params") for s in (1, 2, 3))
+        assert stages == measure(f"rrnet20_{cell}", "params") - measure("resnet20", "params")
+    # The paper's own numbers break it in every group, beyond the printed precision of both sides.
+    sums = []
+    for parts, wholes in stage_sums():
+        total = sum(p.paper_increase()[0] for p in parts)
+        slack = sum(p.paper_increase()[1] for p in parts)
+        sums.append(round(total))
+        assert any(abs(total - w.paper_increase()[0]) > slack + w.paper_increase()[1] for w in wholes)
+    assert sums == [51_000, 77_000, 54_000, 79_000]       # C-10 GRU, LSTM; C-100 GRU, LSTM
+
+
+def test_printed_precision_gives_the_tolerance():
+    assert (Printed("+0.04M").value, Printed("+0.04M").half_unit) == (40_000, 5_000)
+    assert Printed("0.279M").half_unit == pytest.approx(500) and Printed("+44K").half_unit == 500
+    assert Row("t", "m", "b", increase="+0.04M").paper_increase() == (40_000, 10_000, "+0.04M")
+    value, tolerance, text = Row("t", "m", "b", total="0.279M", baseline_total="0.273M").paper_increase()
+    assert (value, tolerance, text) == (pytest.approx(6_000), pytest.approx(1_000), "+0.006M")
+    value, tolerance, text = Row("t", "m", "b", increase=("+330K", "+44K")).paper_increase()
+    assert (value, tolerance, text) == (286_000, 1_000, "+286K")
+    with pytest.raises(ValueError, match="not a printed count"):
+        Printed("0.27").value
 
 
 def test_light_regulator_parameters_follow_the_paper_arithmetic():

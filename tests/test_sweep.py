@@ -98,6 +98,19 @@ def test_every_recipe_expands_with_known_models_and_paper_labels(recipe):
     assert any(line.startswith("# Command:") for line in header) and any("Cost" in line for line in header)
 
 
+def test_imagenet_recipe_defaults_to_scale_augmentation_and_keeps_random_resized_crop():
+    recipe = REPO / "configs" / "regnet" / "imagenet.yaml"
+    plan = expand(recipe)
+    assert plan.labels == ["resnet50", "rrnet50"] == sorted(plan.paper["values"])
+    assert all(job.config.data.augment == ["scale"] for job in plan.jobs)
+    smoke = expand(recipe, smoke=True)
+    assert all((j.config.data.augment, j.config.data.image_size) == (["scale"], 64) for j in smoke.jobs)
+    # The header's RandomResizedCrop variant: a command-line override, into a folder of its own.
+    rrc = expand(recipe, smoke=True, overrides=["data.augment=[imagenet]"], out="runs/regnet-imagenet-rrc")
+    assert all(j.config.data.augment == ["imagenet"] for j in rrc.jobs)
+    assert "'data.augment=[imagenet]' -o runs/regnet-imagenet-rrc" in recipe.read_text()
+
+
 def test_table3_models_build_with_paper_sized_parameter_counts():
     plan = expand(REPO / "configs/regnet/table3.yaml", only=["c10-*"])
     counts = {}

@@ -295,11 +295,45 @@ def _flip(ctx: Context) -> PresetStages:
                         doc="train RandomResizedCrop + flip; eval resize to size/0.875 + center crop")
 def _imagenet(ctx: Context) -> PresetStages:
     h, w = ctx.target
-    short = round(min(h, w) / 0.875)                # 224 -> 256, as in the ResNet/RegNet ImageNet setup
     train = v2.Compose([v2.RandomResizedCrop([h, w], antialias=True), v2.RandomHorizontalFlip()])
-    resize_crop = partial(_resize_center_crop, short=short, size=[h, w])
     return PresetStages(train=[PerImage(train, f"RandomResizedCrop({h}x{w}) + RandomHorizontalFlip")],
-                        eval=[Fn(resize_crop, f"Resize({short}) + CenterCrop({h}x{w})")])
+                        eval=[_center_eval(ctx)])
+
+
+# He et al. 2016 (sec. 3.4, after Simonyan & Zisserman): "the image is resized with its
+# shorter side randomly sampled in [256, 480] for scale augmentation", then a random 224 crop
+# of it or of its horizontal flip. The RegNet paper's reading (sec. IV-B: "randomly cropped
+# from the resized original images or their horizontal flips"). Both ends scale with the
+# input size (224 -> [256, 480]); taken from the larger side so the crop always fits.
+SCALE_RANGE = (256, 480)          # shorter side, for a 224 input
+
+
+def scale_range(target: tuple[int, int]) -> tuple[int, int]:
+    """The shorter-side range of the `scale` preset for an input of `target` (h, w), both ends included."""
+    side = max(target)
+    return round(SCALE_RANGE[0] * side / 224), round(SCALE_RANGE[1] * side / 224)
+
+
+@AUGMENTATIONS.register("scale", fixes_size=True,
+                        doc="train shorter side to a random size in [256, 480] (at 224 px; scaled with the "
+                            "input size), random crop + flip (He et al.'s scale augmentation); eval as imagenet")
+def _scale(ctx: Context) -> PresetStages:
+    h, w = ctx.target
+    lo, hi = scale_range(ctx.target)
+    train = v2.Compose([v2.RandomResize(lo, hi + 1, antialias=True),      # torch.randint: upper end excluded
+                        v2.RandomCrop([h, w]), v2.RandomHorizontalFlip()])
+    return PresetStages(train=[PerImage(train, f"RandomResize(shorter side {lo}..{hi}) + RandomCrop({h}x{w}) "
+                                               "+ RandomHorizontalFlip")],
+                        eval=[_center_eval(ctx)])
+
+
+def _center_eval(ctx: Context) -> Stage:
+    """Shorter side to size/0.875, centre crop: 256 and 224 at 224 px, as in the ResNet/RegNet ImageNet
+    setup, and as data/eval_transform.py's "center_crop" rebuilds it from a checkpoint."""
+    h, w = ctx.target
+    short = round(min(h, w) / 0.875)
+    resize_crop = partial(_resize_center_crop, short=short, size=[h, w])
+    return Fn(resize_crop, f"Resize({short}) + CenterCrop({h}x{w})")
 
 
 def _resize_center_crop(x: torch.Tensor, short: int, size: list[int]) -> torch.Tensor:
