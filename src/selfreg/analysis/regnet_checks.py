@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..registry import create_model, model_entry
-from .complexity import count_macs, count_parameters, human
+from ..factory import create_model, model_entry
+from ..complexity import count_macs, count_parameters, human
 
 TOLERANCE = 0.15
 
