@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m selfreg train configs/demo.yaml
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -19,7 +19,7 @@ from torch import nn
 
 from _common import add_markdown_arg, interleave, medians, table, write_section
 from selfreg import create_model
-from selfreg.analysis.complexity import count_macs, count_parameters
+from selfreg.complexity import count_macs, count_parameters
 from selfreg.layers.convrnn import use_reference_cells
 
 # (label, registered name, builder kwargs, reference cells); the first is the ratios' baseline.

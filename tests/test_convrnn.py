@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selfreg.analysis.complexity import count_parameters
+from selfreg.complexity import count_parameters
 from selfreg.errors import UserError
 from selfreg.layers.convrnn import ConvGRU, ConvLSTM, ConvRNN, GateConv, resolve_regulator
 

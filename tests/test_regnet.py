@@ -4,9 +4,9 @@ import torchvision
 from torch import nn
 
 from selfreg import create_model, list_models
-from selfreg.analysis.complexity import count_parameters
 from selfreg.analysis.regnet_checks import (PAPER_ROWS, Printed, Row, compare, markdown_table, measure, plain,
                                             stage_sums, summary)
+from selfreg.complexity import count_parameters
 from selfreg.errors import UserError
 from selfreg.layers.convrnn import ConvCell, ConvLSTM
 from selfreg.models.regnet import XU_2022, RegStage, RRNetImageNet
@@ -232,7 +232,7 @@ def test_stride_on_user_error():
 
 
 def test_registry_meta():
-    from selfreg.registry import model_entry
+    from selfreg.factory import model_entry
 
     for name in RRNETS + ["resnet50"]:
         meta = model_entry(name).meta
@@ -254,7 +254,7 @@ def test_fusion_with_split_weight_equals_the_concatenation():
 def test_macs_count_the_reference_cells():
     # The light form's grouped 1x1 runs as an element-wise multiply-add (not seen by the
     # flop counter); MACs count the formulation as written: 2N per gate map and pixel.
-    from selfreg.analysis.complexity import count_macs
+    from selfreg.complexity import count_macs
     from selfreg.layers.convrnn import use_reference_cells
 
     model = create_model("rrnet20_gru")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfreg import create_model
-from selfreg.analysis.complexity import count_macs, count_parameters
+from selfreg.complexity import count_macs, count_parameters
 from selfreg.errors import UserError
 from selfreg.models.resnet_cifar import BLOCK_VARIANTS
 

@@ -14,7 +14,7 @@ from conftest import REPO, run_cli
 from procs import env_with_src, run, spawn, torchrun
 from selfreg.analysis.report import build_report, collect
 from selfreg.errors import UserError
-from selfreg.registry import create_model, list_models
+from selfreg.factory import create_model, list_models
 from selfreg.sweep import expand, job_state, run_sweep
 
 RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweep" in (yaml.safe_load(p.read_text()) or {}))

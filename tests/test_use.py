@@ -251,10 +251,10 @@ def test_export_onnx_cli_rrnet_dynamic_batch(sel, runs, tmp_path):
 
 def fresh(name, tmp_path):
     """An untrained model as a `Trained` (export works the same on any weights)."""
-    from selfreg.models.zoo import takes_img_size
+    from selfreg.factory import accepts
     from selfreg.use.trained import Trained
 
-    kwargs = {"img_size": 32} if takes_img_size(name) else {}
+    kwargs = {"img_size": 32} if accepts(name, "img_size") else {}
     model = create_model(name, num_classes=10, in_chans=3, **kwargs).eval()
     spec = EvalTransform(32, 3, [0.5] * 3, [0.25] * 3)
     return Trained(model, name, [f"c{i}" for i in range(10)], spec, kwargs, tmp_path / f"{name}.pt")
@@ -377,9 +377,7 @@ def test_probe_side_by_side(sel, runs, tmp_path):
                                                  ("lenet_bn", None), ("rrnet20_lstm", 9)])
 def test_blocks_are_found_and_pooled(name, finder_blocks):
     from selfreg.analysis.features import capture, find_blocks, pool, select_blocks
-    from selfreg.models.zoo import create_at
-
-    model = create_at(name, 32, in_chans=3).eval()
+    model = create_model(name, in_chans=3, img_size=32).eval()
     blocks = find_blocks(model)
     if finder_blocks is not None:
         assert len(blocks) == finder_blocks

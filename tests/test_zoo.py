@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from selfreg import list_models
-from selfreg.analysis.complexity import count_macs, count_parameters
+from selfreg.complexity import count_macs, count_parameters
 from selfreg.errors import UserError
-from selfreg.models.zoo import ZOO, create_at
-from selfreg.registry import create_model, model_entry
+from selfreg.factory import create_model, model_entry
+from selfreg.models.zoo import ZOO
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def size_cases() -> list:
 @pytest.mark.parametrize("name, in_chans, size", size_cases())
 def test_forward_backward(name, in_chans, size):
     torch.manual_seed(0)
-    model = create_at(name, size, num_classes=10, in_chans=in_chans)
+    model = create_model(name, num_classes=10, in_chans=in_chans, img_size=size)
     out = model(torch.randn(2, in_chans, size, size))
     assert out.shape == (2, 10)
     assert torch.isfinite(out).all()
@@ -75,7 +75,7 @@ def test_forward_backward(name, in_chans, size):
 def test_forward_is_head_of_features(name):
     """The one model surface: forward(x) == forward_head(forward_features(x))."""
     torch.manual_seed(0)
-    model = create_at(name, 32, num_classes=10).eval()
+    model = create_model(name, num_classes=10, img_size=32).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
@@ -90,8 +90,8 @@ def test_small_input_keeps_spatial_maps(name):
     leave 1x1 maps or fail (shapes only: the meta device does no arithmetic)."""
     x = torch.zeros(2, 3, 32, 32, device="meta")
     with torch.device("meta"):
-        adapted = create_at(name, 32).eval()
-        imagenet = create_at(name, native_size(name)).eval()
+        adapted = create_model(name, img_size=32).eval()
+        imagenet = create_model(name, img_size=native_size(name)).eval()
     side = adapted.forward_features(x).shape[-1]
     assert side >= 2
     try:

@@ -15,8 +15,8 @@ import torch
 from selfreg.config import Config, load_config, read_yaml
 from selfreg.data.datasets import DATASETS
 from selfreg.data.transforms import AUGMENTATIONS
-from selfreg.models.zoo import ZOO, create_at
-from selfreg.registry import create_model, list_models, model_entry
+from selfreg.factory import create_model, list_models, model_entry
+from selfreg.models.zoo import ZOO
 from selfreg.train.optim import OPTIMIZERS, SCHEDULES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_recipe_parses_and_names_a_model_that_builds(path):
     kwargs = dict(model.get("kwargs") or {})
     size = kwargs.pop("img_size", raw["data"]["image_size"])
     with torch.device("meta"):  # shapes only: checks the kwargs without the memory
-        create_at(model["name"], size, num_classes=10, **kwargs)
+        create_model(model["name"], num_classes=10, img_size=size, **kwargs)
 
 
 def test_recipe_headers_say_how_to_run_them():

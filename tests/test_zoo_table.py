@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from selfreg.analysis.model_table import markdown
-from selfreg.registry import list_models
+from selfreg.factory import list_models
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "zoo.md"

@@ -1,6 +1,6 @@
 """selfreg: image-classification research toolkit built around RegNet of Xu et al."""
-__version__ = "0.1.0"
-
-from .registry import create_model, list_models, register_model  # noqa: E402
+from .factory import create_model, list_models
+from .registry import register_model
+from .version import __version__
 
 __all__ = ["create_model", "list_models", "register_model", "__version__"]

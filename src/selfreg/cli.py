@@ -2,6 +2,10 @@
 
 User errors (bad config, unknown model, missing file) print one line on stderr
 and exit with code 2, without a traceback.
+
+Each subcommand imports what it needs when it runs (function-level imports, on purpose):
+`selfreg --help` and a mistyped option answer at once, without loading torch, the
+datasets and every model family.
 """
 from __future__ import annotations
 
@@ -46,9 +50,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .analysis.complexity import human
+    from .complexity import human
     from .analysis.model_table import markdown, measure
-    from .registry import list_models, model_entry
+    from .factory import list_models, model_entry
 
     names = list_models(args.pattern)
     if not names:
@@ -199,7 +203,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="selfreg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"selfreg {__version__}")

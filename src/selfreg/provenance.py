@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import __version__
+from .version import __version__
 
 FORMAT = "selfreg-provenance/1"
 FILE = "provenance.json"

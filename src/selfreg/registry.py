@@ -1,14 +1,14 @@
 """Register things by name, reject duplicates, suggest close matches for typos.
 
 One `Registry` class serves models, datasets, optimizers and schedulers alike
-(timm `_registry.py`, torchvision `models/_api.py`).
+(timm `_registry.py`, torchvision `models/_api.py`). Bookkeeping only: building a
+model from its entry is `selfreg.factory`'s job.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
@@ -66,60 +66,22 @@ class Registry:
 
 MODELS = Registry("model")
 
+# Arguments every model may take, declared per model at registration (`accepts=`):
+# img_size  the input size it is built for (token grids, small-input stems); models that
+#           take any size as built do not declare it, and the factory does not pass it;
+# norm_layer "batch", "group" or a layer type, for the families built from norm_layer.
+SHARED_ARGS = ("img_size", "norm_layer")
+
 
 def register_model(name: str | None = None, **meta: Any) -> Callable:
     """Register a model builder `fn(num_classes=..., in_chans=..., **kwargs) -> nn.Module`.
 
-    `meta` records facts a table shows: `input_size` (native H=W), `paper`, `source`;
-    `norm_layer=True` declares that the builder honours the shared `norm_layer` argument
-    ("batch", "group" or a layer type); `create_model` refuses that argument for the others.
+    `meta` records facts a table shows (`input_size`: native H=W, `paper`, `source`, `family`)
+    and `accepts`: the shared arguments the builder takes besides num_classes and in_chans,
+    out of `SHARED_ARGS` (see `selfreg.factory`, which passes on only what a model declares).
     """
+    unknown = set(meta.get("accepts", ())) - set(SHARED_ARGS)
+    if unknown:
+        raise ValueError(f"model {name!r} declares unknown shared arguments {sorted(unknown)}; "
+                         f"known: {', '.join(SHARED_ARGS)}")
     return MODELS.register(name, **meta)
-
-
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
-                 checkpoint: str | Path | None = None, **kwargs: Any):
-    """Build a registered model by name (10 classes and 3 channels unless given).
-
-    With `checkpoint` (a run's `.pt` or an exported `.safetensors`), the model is built as
-    the file says (classes, channels, builder arguments) and its weights are loaded; the
-    file must hold a `name` model. The result is in eval mode.
-    """
-    if checkpoint is not None:
-        from .use.trained import load_trained
-
-        return load_trained(checkpoint, name=name, num_classes=num_classes, in_chans=in_chans, **kwargs).model
-    _ensure_models_imported()
-    entry = MODELS.entry(name)
-    builder = entry.fn
-    if "norm_layer" in kwargs and not entry.meta.get("norm_layer"):
-        families = sorted({str(MODELS.entry(n).meta.get("family", n)) for n in MODELS.names()
-                           if MODELS.entry(n).meta.get("norm_layer")})
-        raise UserError(f"model {name!r} has a fixed normalisation and takes no norm_layer; "
-                        f"the families that take it: {', '.join(families)}")
-    num_classes = 10 if num_classes is None else num_classes
-    in_chans = 3 if in_chans is None else in_chans
-    try:
-        return builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except TypeError as exc:
-        if "unexpected keyword" not in str(exc):
-            raise
-        bad = str(exc).rsplit(" ", 1)[-1]
-        raise UserError(f"model {name!r} takes no argument {bad}; check model.kwargs") from None
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
-    _ensure_models_imported()
-    return MODELS.names(pattern)
-
-
-def model_entry(name: str) -> Entry:
-    _ensure_models_imported()
-    return MODELS.entry(name)
-
-
-def _ensure_models_imported() -> None:
-    # The model modules register themselves on import; importing here keeps
-    # `selfreg.registry` importable on its own without a cycle.
-    from . import models  # noqa: F401

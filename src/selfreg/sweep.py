@@ -50,6 +50,8 @@ import yaml
 from .config import RESUMABLE_KEYS, Config, flatten, from_dict, parse_override, read_yaml, save_config, set_dotted
 from .errors import UserError
 from .train.checks import check_config
+from .train import distributed as dist_utils
+from .train.engine import Interrupted, fit
 
 @dataclass
 class Job:
@@ -234,7 +236,6 @@ def run_sweep(plan: Plan, parallel: int = 1, command: str = "", log: Callable[[s
     Under torchrun every rank runs the same sweep and each run uses all ranks (DDP); rank 0
     alone writes the sweep's files.
     """
-    from .train import distributed as dist_utils
 
     if parallel < 1:
         raise UserError(f"--parallel must be at least 1, got {parallel}")
@@ -287,8 +288,6 @@ def write_record(path: Path, new: dict) -> None:
 
 
 def run_in_process(todo: list[tuple[Job, str]], log: Callable[[str], None], write: bool = True) -> list[str]:
-    from .train.engine import Interrupted, fit
-
     failed = []
     for k, (job, state) in enumerate(todo, 1):
         log(f"[{k}/{len(todo)}] {job.name}: {'resuming' if state == 'resume' else 'starting'} in {job.dir}")

@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..data.images import BadImage
+from ..use.evaluate import eval_splits
+from ..use.predict import load_input
 
 KINDS = ("input", "state", "output")
 SYMBOL = {"input": "I", "state": "H", "output": "O"}
@@ -285,9 +288,6 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 # ------------------------------------------------------------------------------ the commands
 def feature_figure(trained, image_path, spec: str, out, channels: int = 3) -> list[Block]:
     """`selfreg features`: the maps of the chosen blocks for one image file, as a PNG grid."""
-    from ..data.images import BadImage
-    from ..use.predict import load_input
-
     try:
         x = load_input(Path(image_path), trained)
     except BadImage as exc:
@@ -321,8 +321,6 @@ class ProbeResult:
 
 def probe_blocks(trained, data_cfg, spec: str = "last3", limit: int = 5000, device="cpu") -> ProbeResult:
     """`selfreg probe`: fit a linear classifier per block on train, score it on test (or val)."""
-    from ..use.evaluate import eval_splits
-
     data = eval_splits(trained, data_cfg, ["train", "test"], device, limit=limit, test_fallback=True)
     blocks = select_blocks(find_blocks(trained.model), spec)
     train_x, train_y, _ = pooled_features(trained.model, data["train"].loader, data["train"].label_map, blocks,

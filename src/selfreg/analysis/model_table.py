@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..registry import list_models, model_entry
-from .complexity import count_macs, count_parameters, human
+from ..factory import create_model, list_models, model_entry
+from ..complexity import count_macs, count_parameters, human
 
 SMALL = 32  # the CIFAR column
 
@@ -56,12 +56,10 @@ class Row:
 def measure(name: str, img_size: int, num_classes: int = 10, in_chans: int = 3,
             macs: bool = True) -> tuple[int, int | None]:
     """(parameters, forward MACs or None) of `name` built for `img_size` inputs."""
-    from ..models.zoo import create_at
-
     for device in ("meta", "cpu"):
         try:
             with torch.device(device):
-                model = create_at(name, img_size, num_classes=num_classes, in_chans=in_chans)
+                model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
             return count_parameters(model), (count_macs(model, img_size, in_chans) if macs else None)
         except (NotImplementedError, RuntimeError):
             if device == "cpu":

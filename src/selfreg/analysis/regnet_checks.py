@@ -54,8 +54,8 @@ from typing import Any
 
 import torch
 
-from .. import create_model
-from .complexity import count_macs, count_parameters
+from ..complexity import count_macs, count_parameters
+from ..factory import create_model
 
 METRICS = ("params", "macs", "flops")  # flops = 2 x macs
 RESULTS = ("pass", "FAIL", "paper inconsistent", "not checked", "baseline")

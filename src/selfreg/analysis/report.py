@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 import yaml
 
 from .. import provenance
+from ..complexity import count_macs, human
 from ..errors import UserError
+from ..factory import create_model, model_entry
+from ..train.logging import read_metrics
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,8 +111,6 @@ def collect(root: str | Path, left_out: list[tuple[Path, str]] | None = None,
 
 
 def read_run(path: Path) -> RunRecord:
-    from ..train.logging import read_metrics
-
     config = _read_file(path / "config.yaml", yaml.safe_load) or {}
     summary_path, metrics_path, failed_path = path / "summary.json", path / "metrics.csv", path / "failed.txt"
     summary = _read_file(summary_path, json.loads) if summary_path.is_file() else None
@@ -147,8 +149,6 @@ def fmt_pm(stats: tuple[float, float] | None, n: int) -> str:
 
 def family(group: Group) -> str:
     """The model family of the registry, with the regulator's cell form when it is set."""
-    from ..registry import model_entry
-
     model = group.config.get("model", {})
     try:
         fam = model_entry(model.get("name", "?")).meta.get("family", model.get("name"))
@@ -163,10 +163,6 @@ _MAC_CACHE: dict[str, int | None] = {}
 
 def model_macs(group: Group) -> int | None:
     """Forward multiply-adds for one image at the run's input size (None if it cannot be counted)."""
-    from ..models.zoo import takes_img_size
-    from ..registry import create_model
-    from .complexity import count_macs
-
     summary = next((r.summary for r in group.finished), None)
     if summary is None or not isinstance(summary.get("image_size"), int):
         return None
@@ -175,16 +171,12 @@ def model_macs(group: Group) -> int | None:
     kwargs = dict(model.get("kwargs") or {})
     key = json.dumps([name, kwargs, size, summary.get("num_classes"), summary.get("in_chans")], sort_keys=True)
     if key not in _MAC_CACHE:
-        if takes_img_size(name):
-            kwargs.setdefault("img_size", size)
         _MAC_CACHE[key] = None
         for device in ("meta", "cpu"):
             try:
-                import torch
-
                 with torch.device(device):
                     net = create_model(name, num_classes=summary["num_classes"], in_chans=summary["in_chans"],
-                                       **kwargs)
+                                       img_size=size, **kwargs)
                 _MAC_CACHE[key] = count_macs(net, size, summary["in_chans"])
                 break
             except (NotImplementedError, RuntimeError):
@@ -358,8 +350,6 @@ def comparison_metric(groups: list[Group]) -> str:
 
 def build_report(root: str | Path, out: str | Path | None = None, command: str = "", note: str = "") -> Path:
     """Write report.md, its figures and report.html; return the markdown path."""
-    from .complexity import human
-
     root = Path(root)
     left_out: list[tuple[Path, str]] = []
     groups, record = collect(root, left_out)

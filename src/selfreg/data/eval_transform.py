@@ -26,6 +26,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .transforms import Fn, Pipeline, channel_stages
+from .datasets import DATASETS, resolve_augment
+from .images import to_uint8
+from .transforms import presets_fix_size
 
 # The `imagenet` preset's eval crop: 224 of 256 (data/transforms.py `_imagenet`).
 CROP_FRACTION = 0.875
@@ -54,9 +57,6 @@ class EvalTransform:
     @classmethod
     def from_splits(cls, data_cfg, splits) -> "EvalTransform":
         """What a training run saves: its data config's presets and the built splits' facts."""
-        from .datasets import DATASETS, resolve_augment
-        from .transforms import presets_fix_size
-
         presets = resolve_augment(data_cfg.augment, DATASETS.entry(data_cfg.name).meta.get("augment", ["none"]))
         return cls(splits.image_size, splits.in_chans, list(splits.mean), list(splits.std),
                    "center_crop" if presets_fix_size(presets) else "resize")
@@ -76,7 +76,6 @@ class EvalTransform:
         if missing:
             raise UserError(f"{source} holds no eval transform (no {', '.join(missing)}); "
                             "retrain it with this selfreg version or export it from a run checkpoint")
-        from .transforms import presets_fix_size
 
         augment = (state.get("config") or {}).get("data", {}).get("augment", [])
         try:
@@ -107,8 +106,6 @@ class EvalTransform:
 
     def image(self, pil_image) -> torch.Tensor:
         """A PIL image of any mode and size -> float32 (C, H, W) model input."""
-        from .images import to_uint8
-
         array = to_uint8(pil_image)                                   # (H, W) grey or (H, W, 3) RGB
         x = torch.from_numpy(np.ascontiguousarray(array))
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)

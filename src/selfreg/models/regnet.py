@@ -384,7 +384,7 @@ def _imagenet(regulator: type[ConvCell] | None, doc: str) -> Callable[..., RRNet
     return build
 
 
-_CIFAR_META = dict(input_size=32, paper=XU_2022, source="selfreg", norm_layer=True)
+_CIFAR_META = dict(input_size=32, paper=XU_2022, source="selfreg", accepts=("norm_layer",))
 
 for _name, _cell in REGULATORS.items():
     for _depth in (20, 32, 56):  # Tables II-IV
@@ -398,7 +398,7 @@ for _name in ("gru", "lstm"):  # Table V: a regulator in stage i only
             _cifar(20, REGULATORS[_name], regulated_stages=(_stage,)))
 
 # The paper does not say which cell RegNet-50 uses; ConvLSTM is its running example (Eq. 2-3).
-register_model("rrnet50", family="rrnet_lstm", input_size=224, paper=XU_2022, source="selfreg", norm_layer=True)(
+register_model("rrnet50", family="rrnet_lstm", input_size=224, paper=XU_2022, source="selfreg", accepts=("norm_layer",))(
     _imagenet(REGULATORS["lstm"], "RegNet-50 of Xu et al. (Table VI): ResNet-50 with a ConvLSTM per stage."))
-register_model("resnet50", family="resnet", input_size=224, paper=HE_2016, source="selfreg", norm_layer=True)(
+register_model("resnet50", family="resnet", input_size=224, paper=HE_2016, source="selfreg", accepts=("norm_layer",))(
     _imagenet(None, "ResNet-50 (torchvision's, v1.5 strides), the baseline of rrnet50."))

@@ -131,6 +131,6 @@ def _cifar_resnet(depth: int, se: bool) -> Callable[..., CifarResNet]:
 
 for _depth in (20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}", input_size=32, paper=HE_2016, source="selfreg",
-                   family="resnet", norm_layer=True)(_cifar_resnet(_depth, se=False))
+                   family="resnet", accepts=("norm_layer",))(_cifar_resnet(_depth, se=False))
     register_model(f"se_resnet{_depth}", input_size=32, paper=SE_2018, source="selfreg",
-                   family="se_resnet", norm_layer=True)(_cifar_resnet(_depth, se=True))
+                   family="se_resnet", accepts=("norm_layer",))(_cifar_resnet(_depth, se=True))

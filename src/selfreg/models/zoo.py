@@ -15,8 +15,8 @@ Every zoo model is built as `create_model(name, num_classes=..., in_chans=..., i
 - NiN, DenseNet-40 and LeNet-BN are small-input networks already (any size works; LeNet's
   first linear layer is sized from `img_size`).
 
-`create_at(name, img_size)` builds any registered model for an input size, passing
-`img_size` only to the models that take it.
+Zoo models declare `img_size` at registration (`accepts`), so `selfreg.create_model(name,
+img_size=N)` passes it to them and builds the other families as they are.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..registry import create_model, model_entry, register_model
+from ..registry import register_model
 from . import adapt
 from .adapt import SMALL_PATCH, FeaturesHead, is_small, pick, replace_conv
 from .alexnet import KRIZHEVSKY_2012, AlexNet
@@ -259,21 +259,9 @@ def _register(spec: ZooModel) -> None:
 
     build.__doc__ = f"{spec.name} ({spec.build.origin}); native {spec.input_size}x{spec.input_size}."
     register_model(spec.name, input_size=spec.input_size, paper=spec.paper, source=spec.source,
-                   family=spec.family, recipe=f"configs/zoo/{spec.recipe}", adapt=spec.adaptation,
+                   family=spec.family, recipe=f"configs/zoo/{spec.recipe}", adapt=spec.adaptation, accepts=("img_size",),
                    origin=spec.build.origin)(build)
 
 
 for _spec in ZOO:
     _register(_spec)
-
-
-def takes_img_size(name: str) -> bool:
-    """Zoo models take `img_size`; other families (CIFAR ResNets, ...) take any size as built."""
-    return "adapt" in model_entry(name).meta
-
-
-def create_at(name: str, img_size: int, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """Build `name` for `img_size` x `img_size` inputs."""
-    if takes_img_size(name):
-        kwargs["img_size"] = img_size
-    return create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)

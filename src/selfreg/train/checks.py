@@ -12,7 +12,7 @@ from ..config import Config
 from ..data.datasets import DATASETS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import UserError
-from ..registry import model_entry
+from ..factory import model_entry
 from .optim import OPTIMIZERS, SCHEDULES, WARMUPS
 
 # data.augment names that are not presets: the dataset's own recipe.

@@ -25,16 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from .. import provenance
-from ..analysis.complexity import count_parameters
+from ..complexity import count_parameters
 from ..config import Config, changed_keys, load_config, save_config
 from ..data import build_dataset, build_loaders
 from ..data.datasets import data_source
 from ..data.eval_transform import EvalTransform
 from ..errors import UserError
-from ..models.zoo import takes_img_size
-from ..registry import create_model
+from ..factory import create_model
 from . import distributed as dist_utils
 from .bn import BNMomentum
 from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
@@ -42,6 +41,7 @@ from .checkpoint import (check_writable, load_checkpoint, load_model_state, remo
 from .checks import check_config
 from .logging import MetricsCSV, Progress, TensorBoard, plot_curves
 from .optim import SAM, build_optimizer, build_scheduler
+from .logging import read_metrics
 
 
 class TrainingDiverged(UserError):
@@ -90,7 +90,6 @@ class StepOptions:
 
 class StopFlag:
     """Set by SIGINT/SIGTERM; checked between steps so a step is never cut in half."""
-
     def __init__(self):
         self.requested = False
         self.signal_name = ""
@@ -308,7 +307,6 @@ def make_ema(model: nn.Module, decay: float):
 
 class Run:
     """Everything one training run holds, built from a Config (optionally from a checkpoint)."""
-
     def __init__(self, cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print):
         # Check first, write last: every name, the output folder and the checkpoint to resume
         # from are checked before data or models are built, and nothing is written until then.
@@ -331,11 +329,10 @@ class Run:
         self.splits = build_dataset(cfg.data)
         self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
                                      rank=self.ctx.rank, world_size=self.ctx.world_size)
-        kwargs = dict(cfg.model.kwargs)
-        if takes_img_size(cfg.model.name):  # ViT/MLP patch grids and small-input stems follow the data
-            kwargs.setdefault("img_size", self.splits.image_size)
+        # What the data says; the factory passes img_size on to the models that declare it.
         self.model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
-                                  in_chans=self.splits.in_chans, **kwargs)
+                                  in_chans=self.splits.in_chans, img_size=self.splits.image_size,
+                                  **cfg.model.kwargs)
         self.n_params = count_parameters(self.model)
         self.model.to(device)
         if cfg.train.channels_last:
@@ -523,8 +520,6 @@ class Run:
                               f"continue with: selfreg train --resume {self.run_dir}")
 
     def _summary(self) -> dict:
-        from .logging import read_metrics
-
         rows = read_metrics(self.run_dir / "metrics.csv") if self.ctx.is_main else []
         final = rows[-1]["val_acc"] if rows else float("nan")
         summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "dataset": self.cfg.data.name,

@@ -26,6 +26,11 @@ from torch import nn
 
 from ..errors import UserError
 from .trained import Trained
+from ..config import DataConfig, from_dict, parse_override, set_dotted
+from ..data.datasets import Transformed, select
+from ..data.datasets import build_dataset
+from ..data.loader import LOADERS, choose_loader
+from .trained import run_dir_of
 
 SPLITS = ("train", "val", "test")
 
@@ -49,7 +54,6 @@ def eval_data_config(trained: Trained, name: str | None = None, root: str | None
                      overrides: list[str] | tuple[str, ...] = ()):
     """The checkpoint's data config, or (another dataset) defaults fitted to the checkpoint,
     then `root` and `data.key=value` overrides (the `data.` prefix may be left out)."""
-    from ..config import DataConfig, from_dict, parse_override, set_dotted
 
     own = trained.data.get("name")
     if name is None and not own:
@@ -106,7 +110,6 @@ def eval_splits(trained: Trained, data_cfg, wanted: list[str], device: torch.dev
                 limit: int = 0, test_fallback: bool = False) -> dict[str, EvalSplit]:
     """Several splits of one dataset build. `limit` > 0 keeps a fixed-seed random sample of
     that many images per split; `test_fallback` uses val where the dataset has no test split."""
-    from ..data.datasets import build_dataset
 
     for split in wanted:
         if split not in SPLITS:
@@ -126,8 +129,6 @@ def eval_splits(trained: Trained, data_cfg, wanted: list[str], device: torch.dev
 
 def _loader(trained: Trained, data_cfg, splits, base, split: str, label_map: torch.Tensor,
             device: torch.device, limit: int) -> EvalSplit:
-    from ..data.datasets import Transformed, select
-    from ..data.loader import LOADERS, choose_loader
 
     if 0 < limit < len(base):
         idx = torch.randperm(len(base), generator=torch.Generator().manual_seed(0))[:limit].sort().values
@@ -191,7 +192,6 @@ def evaluate(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "
 def default_out_dir(trained: Trained, dataset: str, split: str, tta: str) -> Path:
     """RUN/eval/<split> for a run checkpoint (RUN/checkpoints/x.pt), else next to the file;
     another dataset than the run's gets its name in front, TTA its name behind."""
-    from .trained import run_dir_of
 
     run = run_dir_of(trained.source)
     name = split if dataset == trained.data.get("name") else f"{dataset}-{split}"

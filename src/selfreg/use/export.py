@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .trained import Trained
+from .trained import Trained, load_trained
+from .weights import write_weights
 
 EXPORT_BATCH = 2
 CHECK_BATCHES = (1, 3)
@@ -197,9 +198,6 @@ def export_torchscript(trained: Trained, path: Path, check: bool = True, **_) ->
 
 # ---------------------------------------------------------------------------- safetensors
 def export_safetensors(trained: Trained, path: Path, check: bool = True, **_) -> ExportResult:
-    from .trained import load_trained
-    from .weights import write_weights
-
     weights, sidecar = write_weights(trained, path)
     result = ExportResult("safetensors", weights, [weights, sidecar], exporter="safetensors")
     if check:

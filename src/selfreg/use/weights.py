@@ -13,58 +13,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..data.eval_transform import EvalTransform
-from ..errors import UserError
+from safetensors.torch import save_file
 
-if TYPE_CHECKING:
-    from .trained import Loaded, Trained
-
-FORMAT = "selfreg-weights/1"
-KEY = "selfreg"
+from ..weightfiles import WEIGHTS_FORMAT, WEIGHTS_KEY
+from .trained import Trained
 
 
-def metadata(trained: "Trained") -> dict:
-    return {"format": FORMAT, "model_name": trained.name, "model_kwargs": trained.kwargs,
+def metadata(trained: Trained) -> dict:
+    return {"format": WEIGHTS_FORMAT, "model_name": trained.name, "model_kwargs": trained.kwargs,
             "num_classes": trained.num_classes, "in_chans": trained.in_chans, "classes": trained.classes,
             "transform": trained.transform.to_dict(), "data": trained.data, "provenance": trained.provenance}
 
 
-def write_weights(trained: "Trained", path: str | Path) -> tuple[Path, Path]:
+def write_weights(trained: Trained, path: str | Path) -> tuple[Path, Path]:
     """The weights (contiguous CPU copies: safetensors stores no shared or strided tensors) + sidecar."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(trained)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in trained.model.state_dict().items()}
-    save_file(tensors, str(path), metadata={KEY: json.dumps(meta)})
+    save_file(tensors, str(path), metadata={WEIGHTS_KEY: json.dumps(meta)})
     sidecar = path.with_suffix(".json")
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return path, sidecar
-
-
-def read_weights(path: Path) -> "Loaded":
-    from safetensors import SafetensorError
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from .trained import Loaded
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        weights = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
-    if KEY not in header:
-        raise UserError(f"{path} has no selfreg metadata (model name, classes, transform); "
-                        "write it with `selfreg export --format safetensors`")
-    try:
-        meta = json.loads(header[KEY])
-        transform = EvalTransform.from_dict(meta["transform"])
-        return Loaded(meta["model_name"], dict(meta.get("model_kwargs") or {}), list(meta["classes"]), transform,
-                      weights, dict(meta.get("data") or {}), dict(meta.get("provenance") or {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: damaged selfreg metadata ({type(exc).__name__}: {exc})") from None

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers.convrnn import use_reference_cells
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -21,8 +23,6 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     formulation (the light form's grouped 1x1 is a convolution there, an element-wise
     multiply-add in the fast path that FlopCounterMode would not see).
     """
-    from ..layers.convrnn import use_reference_cells
-
     was_training = model.training
     model.eval()
     use_reference_cells(model)

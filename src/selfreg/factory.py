@@ -1,0 +1,109 @@
+"""Build models by name, from the registry's builders or from a weights file.
+
+    model = create_model("rrnet20_gru", num_classes=100)
+    model = create_model("vit_tiny_patch4_32", img_size=32)      # passed on: the model declares it
+    model = create_model("resnet20", img_size=32)                # not passed: any size works as built
+    model = create_model("resnet20", checkpoint="runs/x/checkpoints/best.pt")
+
+What a model takes besides num_classes and in_chans is declared when it registers
+(`register_model(..., accepts=("img_size", "norm_layer"))`, see `registry.SHARED_ARGS`).
+Callers pass what they know (the engine: the data's image size) and the factory passes
+on what the model declares, so nothing above this module asks which family a model is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import models  # noqa: F401  (importing the package registers every model family)
+from .errors import UserError
+from .registry import MODELS, Entry
+from .weightfiles import Loaded, load_model_state, read_model_file
+
+
+def model_entry(name: str) -> Entry:
+    """The registry entry of `name`; an unknown name is a one-line `UserError` with close matches."""
+    return MODELS.entry(name)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return MODELS.names(pattern)
+
+
+def accepts(name: str, arg: str) -> bool:
+    """Whether model `name` declared the shared argument `arg` (img_size, norm_layer)."""
+    return arg in model_entry(name).meta.get("accepts", ())
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                 img_size: int | None = None, checkpoint: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name (10 classes and 3 channels unless given).
+
+    `img_size` reaches the builder only when the model declares it. With `checkpoint`
+    (a run's `.pt` or an exported `.safetensors`), the model is built as the file says
+    (classes, channels, builder arguments) and its weights are loaded; the file must hold
+    a `name` model. The result is then in eval mode.
+    """
+    if checkpoint is not None:
+        return build_from_file(checkpoint, name=name, num_classes=num_classes, in_chans=in_chans,
+                               **kwargs).model.eval()
+    return _call_builder(name, build_arguments(name, num_classes, in_chans, img_size, kwargs))
+
+
+def build_arguments(name: str, num_classes: int | None, in_chans: int | None, img_size: int | None,
+                    kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the builder of `name` gets: the shared ones it declares, and `kwargs`."""
+    entry = model_entry(name)
+    declared = entry.meta.get("accepts", ())
+    if "norm_layer" in kwargs and "norm_layer" not in declared:
+        families = sorted({str(MODELS.entry(n).meta.get("family", n)) for n in MODELS.names()
+                           if "norm_layer" in MODELS.entry(n).meta.get("accepts", ())})
+        raise UserError(f"model {name!r} has a fixed normalisation and takes no norm_layer; "
+                        f"the families that take it: {', '.join(families)}")
+    args = {"num_classes": 10 if num_classes is None else num_classes,
+            "in_chans": 3 if in_chans is None else in_chans, **kwargs}
+    if img_size is not None and "img_size" in declared:
+        args.setdefault("img_size", img_size)
+    return args
+
+
+def _call_builder(name: str, args: dict[str, Any]) -> nn.Module:
+    try:
+        return MODELS.get(name)(**args)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        bad = str(exc).rsplit(" ", 1)[-1]
+        raise UserError(f"model {name!r} takes no argument {bad}; check model.kwargs") from None
+
+
+@dataclass
+class Built:
+    """A model built from a file, what the file said, and the builder arguments used."""
+    model: nn.Module
+    loaded: Loaded
+    kwargs: dict[str, Any]          # besides num_classes and in_chans: what a re-export records
+
+
+def build_from_file(path: str | Path, name: str | None = None, num_classes: int | None = None,
+                    in_chans: int | None = None, **kwargs: Any) -> Built:
+    """Build the model a checkpoint or weights file describes and load its weights.
+
+    `name` (optional) must be the model the file holds; `num_classes`, `in_chans` and
+    `kwargs` (optional) override the saved ones, e.g. to check a file against a build.
+    """
+    path = Path(path)
+    loaded = read_model_file(path)
+    if name is not None and name != loaded.name:
+        raise UserError(f"{path} holds a {loaded.name!r} model, not {name!r}; "
+                        f"use create_model({loaded.name!r}, checkpoint=...)")
+    h, w = loaded.transform.image_size
+    args = build_arguments(loaded.name, num_classes or len(loaded.classes), in_chans or loaded.transform.channels,
+                           h if h == w else [h, w], {**loaded.kwargs, **kwargs})
+    model = _call_builder(loaded.name, args)
+    load_model_state(model, loaded.weights, path)
+    return Built(model, loaded, {k: v for k, v in args.items() if k not in ("num_classes", "in_chans")})

@@ -1,0 +1,2 @@
+"""The version of selfreg, in a module of its own so that any layer can read it."""
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""The files that hold weights: run checkpoints (`.pt`) and shared weights (`.safetensors`).
+
+Reading and writing them sits below the model factory, so that
+`create_model(name, checkpoint=PATH)` builds from a file without climbing back up into
+`selfreg.use` or `selfreg.train`:
+
+    state = load_checkpoint("runs/x/checkpoints/last.pt")      # weights_only=True, one-line errors
+    loaded = read_model_file("resnet20.safetensors")          # Loaded: name, kwargs, classes, transform, weights
+
+A checkpoint is written atomically (temp file, fsync, rename) and loaded with
+`torch.load(weights_only=True)`; a safetensors file holds tensors and a JSON header
+(model name, builder arguments, classes, eval transform, data config, provenance).
+Neither is ever unpickled beyond tensors and plain containers.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from .data.eval_transform import EvalTransform
+from .errors import UserError
+
+FORMAT_VERSION = 1                 # of run checkpoints
+WEIGHTS_FORMAT = "selfreg-weights/1"
+WEIGHTS_KEY = "selfreg"            # the safetensors header key holding our JSON
+
+
+# ---------------------------------------------------------------------------------------
+# Run checkpoints
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`.
+
+    A kill mid-write leaves the previous checkpoint intact (and a temp file that the next
+    save or resume removes); a full disk is a one-line `UserError`, the previous file kept.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format_version": FORMAT_VERSION, **state}
+    remove_stale_temp_files(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file 0600; a checkpoint follows the umask like every other run file.
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise UserError(f"no space left on {path.parent} while writing {path.name}{kept}; "
+                            "free some space and resume the run") from None
+        raise
+
+
+def remove_stale_temp_files(folder: str | Path, name: str = "") -> None:
+    """Delete `NAME.*.tmp` files that a killed save left in `folder` (one writer per run folder)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f"{name or '*'}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with `weights_only=True`; a missing, truncated or foreign file is a `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # any failure to unpickle means the file is damaged or foreign
+        raise UserError(f"{path} is not a readable selfreg checkpoint (damaged, truncated, or written by "
+                        "another program); use the run's other checkpoint or train again") from None
+    if not isinstance(state, dict) or "model" not in state or "format_version" not in state:
+        raise UserError(f"{path} is not a selfreg checkpoint (no model state or format version); "
+                        "pass a file that selfreg train wrote")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load weights, or say in one line whether the architecture or the class count differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserError(f"{source} holds a different architecture: {len(missing)} missing and "
+                        f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            # The classifier's tensors come last in a state dict: a mismatch there is the class count.
+            kind = "class count" if k in list(own)[-2:] else "architecture"
+            raise UserError(f"{source} does not match this model ({kind}): {k} is "
+                            f"{tuple(v.shape)} there, {tuple(own[k].shape)} here")
+    model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------
+# Any file a model can be built from
+
+@dataclass
+class Loaded:
+    """What a file format yields before the model is built."""
+    name: str
+    kwargs: dict[str, Any]
+    classes: list[str]
+    transform: EvalTransform
+    weights: dict[str, torch.Tensor]
+    data: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def read_model_file(path: str | Path) -> Loaded:
+    """What a run checkpoint or a safetensors file says about its model, and its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return FORMATS.get(path.suffix, _from_checkpoint)(path)
+
+
+def _from_checkpoint(path: Path) -> Loaded:
+    state = load_checkpoint(path)
+    missing = [k for k in ("model_name", "classes") if k not in state]
+    if missing:
+        raise UserError(f"{path} is a selfreg checkpoint without {', '.join(missing)}; it cannot be used "
+                        "on its own (train it with `selfreg train`)")
+    config = state.get("config") or {}
+    transform = EvalTransform.from_checkpoint(state, str(path))
+    kwargs = dict((config.get("model") or {}).get("kwargs") or {})
+    return Loaded(state["model_name"], kwargs, list(state["classes"]), transform, state["model"],
+                  dict(config.get("data") or {}), dict(state.get("provenance") or {}))
+
+
+def read_weights(path: Path) -> Loaded:
+    """A `.safetensors` file written by `selfreg export` (use/weights.py writes it)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    if WEIGHTS_KEY not in header:
+        raise UserError(f"{path} has no selfreg metadata (model name, classes, transform); "
+                        "write it with `selfreg export --format safetensors`")
+    try:
+        meta = json.loads(header[WEIGHTS_KEY])
+        transform = EvalTransform.from_dict(meta["transform"])
+        return Loaded(meta["model_name"], dict(meta.get("model_kwargs") or {}), list(meta["classes"]), transform,
+                      weights, dict(meta.get("data") or {}), dict(meta.get("provenance") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: damaged selfreg metadata ({type(exc).__name__}: {exc})") from None
+
+
+FORMATS: dict[str, Callable[[Path], Loaded]] = {".safetensors": read_weights}
