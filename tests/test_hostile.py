@@ -388,3 +388,14 @@ def test_data_root_that_is_a_file(tmp_path, capsys):
                  f"data.root={tmp_path / 'data.zip'}"])
     one_line_error(code, capsys, "data.zip")
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_names_saved_data_keys_it_does_not_know(run, capsys):
+    from selfreg.use.evaluate import eval_data_config
+    from selfreg.use.trained import load_trained
+
+    trained = load_trained(run / "checkpoints" / "last.pt")
+    trained.data["future_option"] = 3                  # written by a newer selfreg
+    cfg = eval_data_config(trained)
+    assert cfg.name == "digits"
+    assert "data.future_option" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,10 @@ def eval_data_config(trained: Trained, name: str | None = None, root: str | None
     if name is None or name == own:
         fields = {f.name for f in dataclasses.fields(DataConfig)}
         raw = {k: v for k, v in trained.data.items() if k in fields}
+        unknown = sorted(set(trained.data) - fields)
+        if unknown:   # a checkpoint from another selfreg version: say what is not used
+            print(f"selfreg: warning: {trained.source} has data config keys this selfreg does not know, "
+                  f"ignored: {', '.join('data.' + k for k in unknown)}", file=sys.stderr)
     else:
         h, w = trained.transform.image_size
         # The saved transform does the resizing; `imagenet` keeps photo sizes for its centre crop.
