@@ -104,14 +104,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .use.evaluate import default_out_dir, eval_data_config, eval_split, evaluate, summary_lines, write_report
+    from .use.evaluate import (default_out_dir, eval_data_config, eval_split, evaluate_split, summary_lines,
+                               write_report)
     from .use.trained import load_trained, pick_device
 
     device = pick_device(args.device)
     trained = load_trained(args.checkpoint, device=device)
     data_cfg = eval_data_config(trained, args.data, args.root, args.overrides)
     images = eval_split(trained, data_cfg, args.split, device)
-    result = evaluate(trained.model, images, trained.classes, tta=args.tta, k=args.topk)
+    result = evaluate_split(trained.model, images, trained.classes, tta=args.tta, k=args.topk)
     header = {"checkpoint": str(trained.source), "model": trained.name, "dataset": data_cfg.name,
               "split": args.split}
     out = Path(args.out) if args.out else default_out_dir(trained, data_cfg.name, args.split, args.tta)

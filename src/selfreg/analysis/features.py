@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..layers.taps import record_outputs
 from ..data.images import BadImage
 from ..use.evaluate import eval_splits
 from ..use.predict import load_input
@@ -145,21 +146,10 @@ def _tensor(output: Any) -> torch.Tensor | None:
 def capture(model: nn.Module, x: torch.Tensor,
             blocks: list[Block]) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
     """Run the model once; per block, its captured maps (kinds it has); and the logits."""
-    records: list[dict[str, torch.Tensor]] = [{} for _ in blocks]
-    handles = []
-    for record, block in zip(records, blocks):
-        for kind, module in block.taps.items():
-            def hook(mod, args, out, record=record, kind=kind):
-                t = _tensor(out)
-                if t is not None:
-                    record[kind] = t.detach()
-            handles.append(module.register_forward_hook(hook))
-    try:
-        logits = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return records, logits
+    def detached(out):
+        t = _tensor(out)
+        return None if t is None else t.detach()
+    return record_outputs([block.taps for block in blocks], lambda: model(x), convert=detached)
 
 
 def pool(t: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from .. import provenance
 from ..complexity import count_macs, human
 from ..errors import UserError
 from ..factory import create_model, model_entry
+from ..stats import mean_std
 from ..train.logging import read_metrics
 
 
@@ -134,12 +135,6 @@ def _read_file(path: Path, parse: Callable[[str], Any]) -> Any:
 
 # ---------------------------------------------------------------------------------------
 # Numbers
-
-def mean_std(values: np.ndarray) -> tuple[float, float] | None:
-    if len(values) == 0:
-        return None
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
 
 def fmt_pm(stats: tuple[float, float] | None, n: int) -> str:
     if stats is None:
@@ -285,7 +280,7 @@ def _band(ax, runs: list[RunRecord], key: str, scale, label: str, color) -> None
         ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
 
 
-def plot_curves(groups: list[Group], path: Path) -> None:
+def plot_group_curves(groups: list[Group], path: Path) -> None:
     plt = _plt()
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
@@ -419,7 +414,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
         doc.para("Failed runs: " + "; ".join(f"{label} s{r.seed}: {r.failed}" for label, r in failed))
 
     doc.heading("Curves")
-    plot_curves(groups, figures / "curves.png")
+    plot_group_curves(groups, figures / "curves.png")
     doc.image(figures / "curves.png", "training loss and validation error per configuration")
     if plot_efficiency(groups, figures / "efficiency.png", metric):
         doc.heading("Parameter efficiency (the paper's Fig. 4)")

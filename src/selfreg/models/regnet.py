@@ -68,6 +68,7 @@ from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
 from ..layers.convrnn import REGULATORS, ConvCell, resolve_regulator
 from ..layers.norm import get_norm_layer
+from ..layers.taps import record_outputs
 from ..layers.shortcut import projection
 from ..registry import register_model
 from .resnet_cifar import HE_2016, BasicBlock, init_weights
@@ -237,27 +238,16 @@ class _StagedNet(nn.Module):
         Regulated blocks fill all three from their taps; plain blocks only "output".
         Tensors are not detached: wrap the call in torch.no_grad() for plotting.
         """
-        records, handles = [], []
-
-        def keep(record: dict, key: str) -> Callable:
-            def hook(module, args, output):
-                record[key] = output
-            return hook
-
+        places, taps = [], []
         for i, stage in enumerate(self.stage_modules(), 1):
             for j, block in enumerate(stage, 1):
-                record = {"stage": i, "block": j, "input": None, "state": None, "output": None}
-                records.append(record)
-                taps = {"input": getattr(block, "tap_input", None),
-                        "state": getattr(block, "tap_state", None),
-                        "output": getattr(block, "tap_output", block)}
-                handles += [m.register_forward_hook(keep(record, k)) for k, m in taps.items() if m is not None]
-        try:
-            self.forward_features(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return records
+                places.append((i, j))
+                named = {"input": getattr(block, "tap_input", None), "state": getattr(block, "tap_state", None),
+                         "output": getattr(block, "tap_output", block)}
+                taps.append({k: m for k, m in named.items() if m is not None})
+        records, _ = record_outputs(taps, lambda: self.forward_features(x))
+        return [{"stage": i, "block": j, "input": None, "state": None, "output": None, **record}
+                for (i, j), record in zip(places, records)]
 
 
 class RRNetCifar(_StagedNet):

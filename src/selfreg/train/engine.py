@@ -34,6 +34,7 @@ from ..data.datasets import data_source
 from ..data.eval_transform import EvalTransform
 from ..errors import UserError
 from ..factory import create_model
+from ..stats import mean_std
 from . import distributed as dist_utils
 from .bn import BNMomentum
 from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
@@ -562,9 +563,9 @@ def fit_seeds(cfg: Config, seeds: list[int], log: Callable[[str], None] = print)
         runs.append(fit(one, log=log))
     summary = {"runs": [r["run_dir"] for r in runs], "seeds": list(seeds)}
     for key in ("final_val_acc", "best_val_acc"):
-        values = np.array([r[key] for r in runs], dtype=float)
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                        "values": values.tolist()}
+        values = [float(r[key]) for r in runs]
+        mean, std = mean_std(values)
+        summary[key] = {"mean": mean, "std": std, "values": values}
     group.mkdir(parents=True, exist_ok=True)
     (group / "summary.json").write_text(json.dumps(summary, indent=2))
     f, b = summary["final_val_acc"], summary["best_val_acc"]

@@ -2,7 +2,7 @@
 
     data_cfg = eval_data_config(trained, name="folder", root="photos", overrides=["data.cache=true"])
     images = eval_split(trained, data_cfg, "test")       # EvalSplit: loader + label map to the model's classes
-    result = evaluate(trained.model, images, tta="flip")
+    result = evaluate_split(trained.model, images, tta="flip")
     write_report(result, out_dir)                        # metrics.json, confusion.png
 
 The data are any registered dataset (the checkpoint's own by default) whose class names
@@ -171,7 +171,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5) -> EvalResult:
+def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5) -> EvalResult:
     if tta not in TTA:
         raise UserError(f"unknown --tta {tta!r}; valid: {', '.join(TTA)}")
     model.eval()
