@@ -47,7 +47,7 @@ class Registry:
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=5, cutoff=0.5)
             hint = f"did you mean: {', '.join(close)}?" if close else (
-                f"see `selfreg models` for the list" if self.kind == "model"
+                "see `selfreg models` for the list" if self.kind == "model"
                 else f"valid: {', '.join(sorted(self._entries))}")
             raise UserError(f"unknown {self.kind} {name!r}; {hint}") from None
 

@@ -4,6 +4,7 @@
     loaders = build_loaders(splits, cfg.data, seed, device=device, rank=rank, world_size=world_size)
 """
 from .datasets import DATASETS, DataSplits, build_dataset
+from . import folder  # noqa: F401  (registers the folder dataset)
 from .loader import build_loaders
 from .transforms import AUGMENTATIONS, Pipeline
 
