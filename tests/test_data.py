@@ -142,8 +142,6 @@ def test_imagenet_scale_preset_resizes_the_shorter_side_then_crops():
 
 
 def test_imagenet_folder_with_scale_augmentation(tmp_path):
-    from selfreg.data.eval_transform import EvalTransform
-
     for split in ("train", "val"):
         write_photos(tmp_path / "inet" / split, ["n01440764", "n02102040"])
     cfg = cfg_of("data.name=imagenet", f"data.root={tmp_path / 'inet'}", "data.image_size=16", "data.augment=scale")
@@ -153,7 +151,7 @@ def test_imagenet_folder_with_scale_augmentation(tmp_path):
     loaders = build_loaders(splits, cfg, seed=0)
     assert next(iter(loaders["train"]))[0].shape == (4, 3, 16, 16)
     # What a checkpoint saves rebuilds the same eval pixels.
-    saved = EvalTransform.from_splits(cfg, splits)
+    saved = splits.eval_spec
     img = torch.randint(0, 256, (3, 30, 21), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     assert saved.resize == "center_crop" and torch.equal(saved.pipeline(3)(img), splits.eval_transform(img))
 

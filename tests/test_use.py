@@ -95,6 +95,8 @@ def test_old_checkpoint_without_transform_still_works(runs, tmp_path):
     state = load_checkpoint(runs["resnet"])
     saved = state.pop("transform")
     state.pop("format_version")
+    # What checkpoints held before the transform was saved (they stored these facts instead).
+    state.update(in_chans=saved["channels"], image_size=saved["image_size"][0], mean=saved["mean"], std=saved["std"])
     old = tmp_path / "old.pt"
     save_checkpoint(state, old)
     assert load_trained(old).transform.to_dict() == EvalTransform.from_dict(saved).to_dict()
@@ -108,7 +110,7 @@ def test_folder_with_center_crop_matches_dataset_pipeline(tmp_path):
     cfg = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.image_size=24",
                              "data.augment=[imagenet]", "data.val_fraction=2"])
     splits = build_dataset(cfg.data)
-    spec = EvalTransform.from_splits(cfg.data, splits)
+    spec = splits.eval_spec
     assert spec.resize == "center_crop"
     x, _ = splits.val.base[0]
     assert torch.allclose(spec.pipeline(3)(x), splits.eval_transform(x))
@@ -225,7 +227,9 @@ def test_predict_any_image_and_reports_bad_files(sel, runs, digits_test, tmp_pat
 
 def test_old_checkpoint_predicts(sel, runs, tmp_path):
     state = load_checkpoint(runs["resnet"])
-    del state["transform"], state["format_version"]
+    saved = state.pop("transform")
+    del state["format_version"]
+    state.update(in_chans=saved["channels"], image_size=saved["image_size"][0], mean=saved["mean"], std=saved["std"])
     save_checkpoint(state, tmp_path / "old.pt")
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)

@@ -25,8 +25,9 @@ from ..errors import UserError
 from ..registry import Registry
 from . import images as img
 from .cache import cache_dir, hash_files, load_or_build
+from .eval_transform import EvalTransform
 from .transforms import (AUGMENTATIONS, STATS, Context, Pipeline, build_pipelines, convert_stats, image_stats,
-                         mix_seed, seeded)
+                         mix_seed, presets_fix_size, seeded)
 
 DATASETS = Registry("dataset (data.name)")
 
@@ -111,6 +112,8 @@ class DataSplits:
     # Per-image reference pipelines (uint8 CHW in, model input out); `.batch` is the batched twin.
     train_transform: Pipeline | None = None
     eval_transform: Pipeline | None = None
+    # The eval pipeline as data, made with it: what a checkpoint saves (data/eval_transform.py).
+    eval_spec: EvalTransform | None = None
     # True when every split is a uint8 tensor in memory, so the fast loader can serve it.
     in_memory: bool = False
     # Bad image files skipped under data.skip_bad (also listed in `notes`).
@@ -180,6 +183,8 @@ def build_dataset(cfg, *, with_test: bool | None = None, needed: Sequence[str] |
         Transformed(test, pipes.eval) if test is not None else None,
         classes=list(raw.classes), in_chans=channels, image_size=target[0] if target[0] == target[1] else target,
         mean=mean, std=std, train_transform=pipes.train, eval_transform=pipes.eval,
+        eval_spec=EvalTransform(target, channels, list(mean), list(std),
+                                "center_crop" if presets_fix_size(presets) else "resize"),
         in_memory=all(isinstance(d, TensorImages) for d in (train, val, test) if d is not None),
         skipped=raw.skipped, notes=notes)
 

@@ -1,6 +1,6 @@
 """The eval transform as data: saved in every checkpoint so a trained model needs nothing else.
 
-    spec = EvalTransform.from_splits(cfg.data, splits)    # at training time (Run.state)
+    spec = build_dataset(cfg.data).eval_spec             # made where the eval pipeline is built
     spec = EvalTransform.from_checkpoint(state)           # at use time; old checkpoints too
     x = spec.image(pil_image)                             # float32 (C, H, W), normalised
     pipe = spec.pipeline(native_channels=1)               # a data.transforms.Pipeline (also .batch)
@@ -26,7 +26,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .transforms import Fn, Pipeline, channel_stages
-from .datasets import DATASETS, resolve_augment
 from .images import to_uint8
 from .transforms import presets_fix_size
 
@@ -54,13 +53,6 @@ class EvalTransform:
                             f"{', '.join(RESIZES)}")
 
     # ------------------------------------------------------------------ building
-    @classmethod
-    def from_splits(cls, data_cfg, splits) -> "EvalTransform":
-        """What a training run saves: its data config's presets and the built splits' facts."""
-        presets = resolve_augment(data_cfg.augment, DATASETS.entry(data_cfg.name).meta.get("augment", ["none"]))
-        return cls(splits.image_size, splits.in_chans, list(splits.mean), list(splits.std),
-                   "center_crop" if presets_fix_size(presets) else "resize")
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalTransform":
         known = {k: d[k] for k in ("image_size", "channels", "mean", "std", "resize", "crop_fraction") if k in d}

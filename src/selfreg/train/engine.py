@@ -31,7 +31,6 @@ from ..complexity import count_parameters
 from ..config import Config, changed_keys, load_config, save_config
 from ..data import build_dataset, build_loaders
 from ..data.datasets import data_source
-from ..data.eval_transform import EvalTransform
 from ..errors import UserError
 from ..factory import create_model
 from ..stats import mean_std
@@ -397,12 +396,10 @@ class Run:
                 "best_acc": self.best_acc, "best_epoch": self.best_epoch,
                 "rng": rng_state(), "config": self.cfg.to_dict(), "model_name": self.cfg.model.name,
                 "metrics_row": self.last_row,
-                "classes": list(self.splits.classes), "in_chans": self.splits.in_chans,
-                "image_size": self.splits.image_size, "mean": list(self.splits.mean),
-                "std": list(self.splits.std), "selfreg_version": __version__,
+                "classes": list(self.splits.classes), "selfreg_version": __version__,
                 "provenance": self.provenance,
                 # What `selfreg predict` needs to turn any image into a model input.
-                "transform": EvalTransform.from_splits(self.cfg.data, self.splits).to_dict()}
+                "transform": self.splits.eval_spec.to_dict()}
 
     def save(self, best: bool = False) -> None:
         if not self.ctx.is_main:
