@@ -54,6 +54,8 @@ from .errors import UserError
 # more epochs continue the run; CPU threads (float summation order only) and display settings
 # change nothing the experiment specifies.
 MAY_DIFFER = {"train.epochs", "train.threads", "train.progress", "train.tensorboard", "train.plot"}
+# A recipe's `auto` speed settings match the concrete values its run chose (selfreg.train.autotune).
+AUTO_CHOSEN = {"train.amp", "train.channels_last", "train.compile"}
 
 
 @dataclass
@@ -204,6 +206,8 @@ def check_same_config(job: Job) -> None:
     saved = _flat(yaml.safe_load((job.dir / "config.yaml").read_text()) or {})
     wanted = _flat(job.config.to_dict())
     for key in sorted(set(saved) | set(wanted)):
+        if key in AUTO_CHOSEN and wanted.get(key) == "auto":
+            continue
         if key not in MAY_DIFFER and saved.get(key) != wanted.get(key):
             raise UserError(f"{job.dir} was trained with {key}={saved.get(key)!r} but the recipe now says "
                             f"{wanted.get(key)!r}; delete that folder or give the sweep another folder (-o)")

@@ -32,6 +32,7 @@ from ..data.eval_transform import EvalTransform
 from ..errors import UserError
 from ..models.zoo import takes_img_size
 from ..registry import create_model
+from . import autotune
 from . import distributed as dist_utils
 from .bn import BNMomentum
 from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
@@ -323,6 +324,10 @@ class Run:
                                   in_chans=self.splits.in_chans, **kwargs)
         self.n_params = count_parameters(self.model)
         self.model.to(device)
+        # train.amp / channels_last / compile = auto -> concrete values (recorded in config.yaml, summary.json).
+        cfg, self.speed = autotune.resolve(cfg, self.model, self.splits, self.loaders["train"], self.ctx, resume,
+                                           self.log)
+        self.cfg = cfg
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn and self.ctx.enabled and device.type == "cuda":
@@ -351,6 +356,8 @@ class Run:
             self.run_dir = make_run_dir(cfg) if self.ctx.is_main else Path(".")
             if self.ctx.is_main:
                 save_config(cfg, self.run_dir / "config.yaml")
+        if self.ctx.is_main:
+            self.speed.save(self.run_dir, cfg)
 
         self.train_model = self.model
         if self.ctx.enabled:
@@ -489,7 +496,7 @@ class Run:
                    "epochs": self.epoch, "seed": self.cfg.train.seed,
                    "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
                    "world_size": self.ctx.world_size, "device": describe_device(self.ctx.device),
-                   "selfreg_version": __version__}
+                   "selfreg_version": __version__, "speed": self.speed.summary()}
         if getattr(self, "test_stats", None) is not None:
             summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
         if self.ctx.is_main:
