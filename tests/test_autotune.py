@@ -93,6 +93,10 @@ def test_compile_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("SELFREG_CACHE_DIR", str(tmp_path / "sc"))
     assert compile_cache.cache_dir() == tmp_path / "sc" / "inductor"
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing torch modules may write
+    assert compile_cache.cache_dir() == tmp_path / "sc" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compile_cache.configure() == tmp_path / "mine"            # an existing setting is kept
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

@@ -31,8 +31,24 @@ def default_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """The folder compiles use: $TORCHINDUCTOR_CACHE_DIR when set, else `default_dir()`."""
-    return Path(os.environ[ENV]) if os.environ.get(ENV) else default_dir()
+    """The folder compiles use: $TORCHINDUCTOR_CACHE_DIR when set to other than torch's default, else `default_dir()`.
+
+    Importing some of torch's modules (through timm, say) writes torch's default,
+    /tmp/torchinductor_$USER, into the variable; that value is read as "not chosen".
+    """
+    value, torch_default = os.environ.get(ENV), _torch_default()
+    if not value or (torch_default and os.path.abspath(value) == os.path.abspath(torch_default)):
+        return default_dir()
+    return Path(value)
+
+
+def _torch_default() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return default_cache_dir()
+    except ImportError:  # another torch layout: no default to recognise
+        return None
 
 
 def configure() -> Path:
