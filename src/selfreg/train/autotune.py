@@ -115,32 +115,34 @@ def resolve(cfg: Config, model: nn.Module, splits, train_loader, ctx: dist_utils
     ctx = ctx or dist_utils.DistContext()
     device = ctx.device
     wanted = asked(cfg)
-    kept = _kept(resume, wanted)
-    if kept is not None:
-        choice = kept
-    elif not is_auto(cfg):
+    if not is_auto(cfg):
         choice = SpeedChoice(wanted["amp"], bool(wanted["channels_last"]), bool(wanted["compile"]), asked=wanted,
                              how={k: "set in the config" for k in KEYS}, device=device.type)
     else:
         choice = None
-        if ctx.is_main:
-            shape = _input_shape(splits)
-            batch = max(1, cfg.data.batch_size // max(1, ctx.world_size))
-            steps = cfg.train.epochs * len(train_loader)
-            # Seeds of one recipe in one process (fit_seeds, a sweep) share one probe and one choice.
-            key = (str(device), type(model).__name__, sum(p.numel() for p in model.parameters()), shape, batch,
-                   steps, tuple(wanted.items()), torch.get_num_threads())
-            if key not in _MEMO:
-                _MEMO[key] = decide(wanted, model, device, shape, splits.num_classes, batch, steps)
-            choice = copy.deepcopy(_MEMO[key])
+        if ctx.is_main:  # rank 0 decides (or reads what the run started with); every rank then uses its choice
+            choice = _kept(resume, wanted)
+            if choice is None:
+                choice = _decide_once(cfg, wanted, model, splits, train_loader, ctx)
+                log("speed: " + ", ".join(f"train.{k}={getattr(choice, k)} ({choice.how[k]})"
+                                          for k in KEYS if wanted[k] == AUTO))
         choice = _agree(ctx, choice, wanted)
-    out = with_choice(cfg, choice)
     if choice.compile:
         choice.compile_cache = str(compile_cache.configure())
-    if kept is None and is_auto(cfg):
-        log("speed: " + ", ".join(f"train.{k}={getattr(out.train, k)} ({choice.how[k]})"
-                                  for k in KEYS if wanted[k] == AUTO))
-    return out, choice
+    return with_choice(cfg, choice), choice
+
+
+def _decide_once(cfg: Config, wanted: dict, model: nn.Module, splits, train_loader,
+                 ctx: dist_utils.DistContext) -> SpeedChoice:
+    """`decide` for this run; seeds of one recipe in one process (fit_seeds, a sweep) share one probe."""
+    shape = _input_shape(splits)
+    batch = max(1, cfg.data.batch_size // max(1, ctx.world_size))
+    steps = cfg.train.epochs * len(train_loader)
+    key = (str(ctx.device), type(model).__name__, sum(p.numel() for p in model.parameters()), shape, batch,
+           steps, tuple(wanted.items()), torch.get_num_threads())
+    if key not in _MEMO:
+        _MEMO[key] = decide(wanted, model, ctx.device, shape, splits.num_classes, batch, steps)
+    return copy.deepcopy(_MEMO[key])
 
 
 def decide(wanted: dict, model: nn.Module, device: torch.device, shape: tuple[int, int, int], num_classes: int,
