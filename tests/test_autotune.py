@@ -55,6 +55,11 @@ def test_auto_run_writes_concrete_values_and_resume_keeps_them(tmp_path):
     assert summary["epochs"] == 2
     assert summary["speed"]["channels_last"] is True and "kept" in summary["speed"]["how"]["channels_last"]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["channels_last"] is True
+    # Resumed again from that config.yaml (concrete values now): the record's reasons stay.
+    summary = fit(load_config(run / "config.yaml", ["train.epochs=3"]), resume=run, **quiet)
+    assert summary["speed"]["channels_last"] is True
+    how = summary["speed"]["how"]
+    assert how["channels_last"].count("kept") == 1 and "too few" in how["compile"]
 
 
 def test_explicit_values_are_left_alone(tmp_path):

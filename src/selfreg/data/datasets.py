@@ -433,7 +433,8 @@ def _tensor_file(path: Path) -> dict | None:
         raise UserError(f"{path} is not an image tensor file ({type(exc).__name__}: {str(exc)[:80]}); "
                         "expected a dict of uint8 images, labels and classes") from None
     if images.dtype != torch.uint8 or images.ndim != 4:
-        raise UserError(f"{path}: images must be a uint8 tensor of 4 dimensions, got {images.dtype} {tuple(images.shape)}")
+        raise UserError(f"{path}: images must be a uint8 tensor of 4 dimensions, "
+                        f"got {images.dtype} {tuple(images.shape)}")
     if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):   # NHWC (airbench) -> NCHW
         images = images.permute(0, 3, 1, 2)
     classes = list(data.get("classes") or [str(c) for c in range(int(labels.max()) + 1)])

@@ -115,9 +115,10 @@ def resolve(cfg: Config, model: nn.Module, splits, train_loader, ctx: dist_utils
     ctx = ctx or dist_utils.DistContext()
     device = ctx.device
     wanted = asked(cfg)
-    if not is_auto(cfg):
-        choice = SpeedChoice(wanted["amp"], bool(wanted["channels_last"]), bool(wanted["compile"]), asked=wanted,
-                             how={k: "set in the config" for k in KEYS}, device=device.type)
+    if not is_auto(cfg):   # explicit values (a resumed run's config.yaml holds them): keep its record's reasons
+        choice = (_kept(resume, wanted) if ctx.is_main else None) or SpeedChoice(
+            wanted["amp"], bool(wanted["channels_last"]), bool(wanted["compile"]), asked=wanted,
+            how={k: "set in the config" for k in KEYS}, device=device.type)
     else:
         choice = None
         if ctx.is_main:  # rank 0 decides (or reads what the run started with); every rank then uses its choice
@@ -283,8 +284,9 @@ def _input_shape(splits) -> tuple[int, int, int]:
 
 
 def _kept(resume: str | Path | None, wanted: dict) -> SpeedChoice | None:
-    """On a resume, the choice the run started with for the keys its config (still) leaves auto."""
-    if resume is None or not any(v == AUTO for v in wanted.values()):
+    """On a resume, the choice the run started with (speed.json) for the keys its config leaves auto or
+    sets to the same value; None without a record."""
+    if resume is None:
         return None
     path = Path(resume) / RECORD
     if not path.is_file():
@@ -294,10 +296,12 @@ def _kept(resume: str | Path | None, wanted: dict) -> SpeedChoice | None:
     for k in KEYS:
         if wanted[k] == AUTO:
             values[k] = saved[k]
-            how[k] = f"kept from the run's start ({RECORD}): {how.get(k, '')}".rstrip(": ")
+            if not how.get(k, "").startswith("kept from"):
+                how[k] = f"kept from the run's start ({RECORD}): {how.get(k, '')}".rstrip(": ")
         else:
             values[k] = wanted[k]
-            how[k] = "set in the config"
+            if values[k] != saved.get(k):
+                how[k] = "set in the config"
     return SpeedChoice(values["amp"], bool(values["channels_last"]), bool(values["compile"]),
                        asked=saved.get("asked", dict(wanted)), how=how, probe=saved.get("probe"),
                        device=saved.get("device", "cpu"))
