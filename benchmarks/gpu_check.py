@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -168,12 +169,15 @@ def run(plan: list[Part], args) -> int:
         start = time.monotonic()
         log = out / f"{p.name}.log"
         print(f"[{p.name}] up to {limit:.0f} s: python {' '.join(p.argv)}", flush=True)
+        # Its own process group, so a part's children (torchrun's workers, airbench) stop with it.
+        proc = subprocess.Popen([sys.executable, *p.argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            proc = subprocess.run([sys.executable, *p.argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=limit)
-            text, status = proc.stdout, "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-        except subprocess.TimeoutExpired as exc:
-            text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            text, _ = proc.communicate(timeout=limit)
+            status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            text, _ = proc.communicate()
             status = f"stopped at its {limit:.0f} s budget"
         log.write_text(text)
         lines = [ln for ln in text.splitlines() if ln.startswith("- ") or " passed" in ln or " failed" in ln

@@ -89,3 +89,27 @@ def test_tensors_dataset_errors_name_the_file(tmp_path):
     torch.save({"images": torch.zeros(3, 4), "labels": torch.zeros(3)}, tmp_path / "train.pt")
     with pytest.raises(UserError, match="uint8"):
         build_dataset(load_config(None, ["data.name=tensors", f"data.root={tmp_path}"]).data)
+
+
+def test_run_keeps_budgets_and_writes_a_summary(tmp_path, monkeypatch):
+    # The orchestration on any machine, with stand-in parts: one passes, one outlives its budget, and
+    # the last finds the deadline too close to start.
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "MIN_START_S", 2.5)
+    plan = [gpu_check.Part("quick", "prints", "-", 20, ["-c", "print('- target met')"]),
+            gpu_check.Part("slow", "sleeps", "-", 2, ["-c", "import time; print('- started', flush=True); "
+                                                            "time.sleep(30)"]),
+            gpu_check.Part("late", "never starts", "-", 20, ["-c", "print('late')"])]
+    args = gpu_check.build_parser().parse_args(["--budget", "4.5", "--out", str(tmp_path / "o"),
+                                                "--markdown", str(tmp_path / "perf.md"), "--data", str(tmp_path)])
+    assert gpu_check.run(plan, args) == 1
+    summary = __import__("json").loads((tmp_path / "o" / "summary.json").read_text())
+    status = {p["part"]: p["status"] for p in summary["parts"]}
+    assert status["quick"] == "ok" and status["slow"].startswith("stopped at its 2 s budget")
+    assert status["late"].startswith("skipped")
+    assert summary["parts"][0]["lines"] == ["- target met"]
+    assert (tmp_path / "o" / "quick.log").read_text().strip() == "- target met"
+    assert (tmp_path / "perf.md").read_text().startswith("# Performance")   # a copy of docs/performance.md
+    assert summary["seconds"] < 10
