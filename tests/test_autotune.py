@@ -1,6 +1,7 @@
 """train.amp / channels_last / compile = auto: accepted, made concrete, recorded, kept on resume."""
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -125,3 +126,54 @@ def test_sweep_folder_with_chosen_values_matches_an_auto_recipe(tmp_path):
     (job.dir / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match="model.name"):
         job_state(job)
+
+
+class Sleepy(torch.nn.Module):
+    """A model whose eager forward sleeps; the stand-in 'compiled' one sleeps `compiled_s`."""
+
+    def __init__(self, eager_s):
+        super().__init__()
+        self.lin, self.eager_s = torch.nn.Linear(2, 2), eager_s
+
+    def forward(self, x):
+        time.sleep(self.eager_s)
+        return self.lin(x)
+
+
+def fake_compiler(compiled_s):
+    def compile_(model):
+        def compiled(x):
+            time.sleep(compiled_s)
+            return model.lin(x)
+        return compiled
+    return compile_
+
+
+@pytest.mark.parametrize("compiled_s, kept", [(0.0, "compiled"), (0.03, "eager")])
+def test_compile_trial_keeps_the_faster(monkeypatch, compiled_s, kept):
+    monkeypatch.setattr(autotune, "COMPILER", fake_compiler(compiled_s))
+    results = []
+    trial = autotune.CompileTrial(Sleepy(0.015), results.append).train()
+    x = torch.zeros(1, 2)
+    for _ in range(2 * (autotune.TRIAL_WARMUP + autotune.TRIAL_STEPS) + 4):
+        trial(x)
+    (result,) = results
+    assert result["kept"] == kept and trial.phase == f"done-{kept}"
+    assert result["eager_ms"] == pytest.approx(15, abs=10)
+    from selfreg.train.engine import unwrap
+
+    assert isinstance(unwrap(trial), Sleepy)                           # EMA and checkpoints see the plain model
+
+
+def test_auto_compile_reverted_by_its_trial_is_recorded(tmp_path, monkeypatch):
+    # As if the pay-back rule had chosen compile, with a 'compiled' model slower than eager.
+    monkeypatch.setattr(autotune, "_MEMO", {})
+    monkeypatch.setattr(autotune, "decide", lambda *a, **k: autotune.SpeedChoice(
+        "none", False, True, asked=dict(AUTO), how={"amp": "-", "channels_last": "-", "compile": "rule"}))
+    monkeypatch.setattr(autotune, "COMPILER", lambda model: (lambda x: (time.sleep(0.05), model(x))[1]))
+    summary = fit(tiny(tmp_path, "data.batch_size=32"), **quiet)          # 36 steps: the trial needs 22
+    run = tmp_path / "r"
+    assert summary["speed"]["trial"]["kept"] == "eager" and summary["speed"]["compile"] is False
+    assert "eager kept" in summary["speed"]["how"]["compile"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["compile"] is False
+    assert json.loads((run / "speed.json").read_text())["trial"]["kept"] == "eager"

@@ -31,7 +31,11 @@ and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see d
   compiles when the probe's step time x the run's steps x `COMPILE_GAIN` is at least
   `PAYBACK` x `COMPILE_COST_S` (cost taken at the high end, saving at the low end). A run too
   short to probe never compiles, so auto never makes a short run slower. On CUDA the same
-  rule with assumed numbers until benchmarks/gpu_check.py has measured them.
+  rule with assumed numbers until benchmarks/gpu_check.py has measured them. Once chosen, a
+  trial in the run itself (`CompileTrial`: its first steps eager, the next compiled, each
+  timed) keeps compiled only when it measured faster, so a model that compiles no faster
+  (rrnet20_gru on a loaded CPU measured 1.04x) loses at most the compile, which the rule
+  bounds to a twentieth of the run.
 
 Under torchrun, rank 0 decides and every rank uses its choice.
 """
@@ -82,6 +86,7 @@ class SpeedChoice:
     probe: dict | None = None
     device: str = "cpu"
     compile_cache: str | None = None
+    trial: dict | None = None          # compile=auto's measured eager vs compiled steps (CompileTrial)
 
     def summary(self) -> dict:
         return asdict(self)
@@ -304,7 +309,7 @@ def _kept(resume: str | Path | None, wanted: dict) -> SpeedChoice | None:
                 how[k] = "set in the config"
     return SpeedChoice(values["amp"], bool(values["channels_last"]), bool(values["compile"]),
                        asked=saved.get("asked", dict(wanted)), how=how, probe=saved.get("probe"),
-                       device=saved.get("device", "cpu"))
+                       device=saved.get("device", "cpu"), trial=saved.get("trial"))
 
 
 AMP_CODES = ("none", "bf16", "fp16")
@@ -325,10 +330,97 @@ def _agree(ctx: dist_utils.DistContext, choice: SpeedChoice | None, wanted: dict
     return choice
 
 
+# ---------------------------------------------------------------------------------------
+# compile=auto, once compiling looked worth it: measure it in the run itself
+
+TRIAL_WARMUP = 3          # step intervals dropped at the start of each phase (the compile, warm-up)
+TRIAL_STEPS = 8           # step intervals timed per phase
+COMPILER = torch.compile  # what a trial compiles with (tests put a stand-in here)
+
+
+def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: str | Path,
+                  ctx: dist_utils.DistContext | None = None) -> nn.Module:
+    """The training model under train.compile: compiled, or (compile chosen by auto) a `CompileTrial`.
+
+    When the trial keeps eager, `cfg.train.compile` and the run's config.yaml / speed.json say
+    false from then on, so a rerun or a resume trains eager too.
+    """
+    ctx = ctx or dist_utils.DistContext()
+    if not choice.compile:
+        return model
+    if choice.asked.get("compile") != AUTO or choice.trial is not None:
+        return torch.compile(model)
+
+    def done(result: dict) -> None:
+        choice.trial = result
+        choice.how["compile"] += (f"; measured in the run: compiled {result['compiled_ms']:.1f} ms vs eager "
+                                  f"{result['eager_ms']:.1f} ms per step, {result['kept']} kept")
+        if result["kept"] == "eager":
+            choice.compile = cfg.train.compile = False
+        if ctx.is_main:
+            choice.save(run_dir)
+            save_config(cfg, Path(run_dir) / "config.yaml")
+
+    return CompileTrial(model, done, ctx)
+
+
+class CompileTrial(nn.Module):
+    """Eager for the run's first steps, then compiled, each timed; then whichever was faster.
+
+    A step's time is the interval between the starts of consecutive training-mode forward
+    calls, so it holds everything a step costs in the real loop (data, backward, optimizer,
+    logging); intervals spanning an evaluation are dropped, and so are the first
+    `TRIAL_WARMUP` of each phase (the compiled phase's first holds the compile). After
+    `TRIAL_STEPS` timed intervals of each, compiled stays only when it is at least `MARGIN`
+    faster (rank 0's measurement under DDP); `done(result)` records the outcome. The compile
+    itself is paid either way, which the pay-back rule allowed for before choosing to compile.
+    """
+
+    def __init__(self, model: nn.Module, done: Callable[[dict], None], ctx: dist_utils.DistContext | None = None):
+        super().__init__()
+        self._orig_mod = model                          # engine.unwrap finds the plain model through it
+        self.__dict__.update(_compiled=COMPILER(model), _done=done, _ctx=ctx or dist_utils.DistContext())
+        self.phase, self.seen, self.last = "eager", 0, None
+        self.times: dict[str, list[float]] = {"eager": [], "compiled": []}
+
+    def _current(self):
+        return self._compiled if self.phase in ("compiled", "done-compiled") else self._orig_mod
+
+    def forward(self, *args, **kwargs):
+        if not self.training:                           # evaluation: eager until compiled has won
+            self.last = None                            # (the next interval would include it)
+            model = self._compiled if self.phase == "done-compiled" else self._orig_mod
+            return model(*args, **kwargs)
+        now = time.perf_counter()
+        if self.phase in self.times:
+            if self.last is not None:
+                self.seen += 1
+                if self.seen > TRIAL_WARMUP:
+                    self.times[self.phase].append(now - self.last)
+            if len(self.times[self.phase]) >= TRIAL_STEPS:
+                self._next_phase()
+        self.last = now
+        return self._current()(*args, **kwargs)
+
+    def _next_phase(self) -> None:
+        self.seen, self.last = 0, None
+        if self.phase == "eager":
+            self.phase = "compiled"
+            return
+        eager, compiled = (statistics.median(self.times[k]) for k in ("eager", "compiled"))
+        vote = torch.tensor(float(compiled <= (1 - MARGIN) * eager) if self._ctx.is_main else 0.0)
+        (vote,) = dist_utils.all_reduce_sum(self._ctx, vote)   # rank 0's verdict on every rank
+        kept = "compiled" if vote.item() > 0 else "eager"
+        self.phase = f"done-{kept}"
+        self._done({"eager_ms": round(eager * 1e3, 2), "compiled_ms": round(compiled * 1e3, 2), "kept": kept,
+                    "steps_timed": TRIAL_STEPS})
+
+
 def with_choice(cfg: Config, choice: SpeedChoice) -> Config:
     out = copy.deepcopy(cfg)
     out.train.amp, out.train.channels_last, out.train.compile = choice.amp, choice.channels_last, choice.compile
     return out
 
 
-__all__ = ["AUTO", "KEYS", "SpeedChoice", "resolve", "decide", "probe_layouts", "is_auto", "asked", "with_choice"]
+__all__ = ["AUTO", "KEYS", "SpeedChoice", "resolve", "decide", "probe_layouts", "is_auto", "asked", "with_choice",
+           "compile_model", "CompileTrial"]

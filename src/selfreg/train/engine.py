@@ -364,8 +364,8 @@ class Run:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
+        if cfg.train.compile:  # under compile=auto, a trial in the run's first steps (autotune.CompileTrial)
+            self.train_model = autotune.compile_model(self.train_model, self.speed, cfg, self.run_dir, self.ctx)
         self.metrics = MetricsCSV(self.run_dir / "metrics.csv")
         if self.ctx.is_main:
             self.metrics.truncate_after(self.epoch)
