@@ -8,6 +8,8 @@ medians, and print ratios rather than absolute times.
 Docs: `write_section(path, name, lines, ...)` puts one script's output under its own
 heading in docs/performance.md (replacing that section when it is already there), with
 the command that produced it, the machine and the date, so the page is generated, not typed.
+The page's header is DOC_HEADER below, rewritten by every section written and by
+`python benchmarks/_common.py` (which changes nothing else).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ values. amp: bf16 autocast on a GPU that has bf16, fp32 on the CPU (bf16 autocas
 copy of the model when the run is long enough for the probe to cost under 1% of it; else NCHW
 on the CPU, channels_last on a GPU. compile: only when the probe's step time times the run's
 steps says a 10% saving pays back a (high-end) cold compile twice over, so short runs never
-compile. Explicit values are never changed.
+compile; then the run's first steps time eager against compiled in the real loop and keep
+compiled only when it measured faster. Explicit values are never changed.
 
 **Compile caches.** Compiled graphs and kernels are cached on disk in `$TORCHINDUCTOR_CACHE_DIR`,
 by default `~/.cache/selfreg/inductor` (`$SELFREG_CACHE_DIR/inductor`;
@@ -127,6 +130,14 @@ def table(header: list[str], rows: Iterable[list[object]]) -> list[str]:
     return [fmt([str(h) for h in header]), rule, *(fmt(r) for r in rows)]
 
 
+def refresh_header(path: str | Path = DOC) -> None:
+    """Rewrite the text before the first section of `path` from DOC_HEADER."""
+    path = Path(path)
+    text = path.read_text()
+    first = text.find("<!-- begin ")
+    path.write_text(DOC_HEADER + ("\n" + text[first:] if first >= 0 else ""))
+
+
 def write_section(path: str | Path, name: str, lines: list[str], device: torch.device | str | None = None) -> None:
     """Replace (or append) the section `name` of the markdown file `path` with `lines`."""
     path = Path(path)
@@ -146,3 +157,8 @@ def write_section(path: str | Path, name: str, lines: list[str], device: torch.d
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(f"wrote section {name!r} of {path}")
+
+
+if __name__ == "__main__":
+    refresh_header(sys.argv[1] if len(sys.argv) > 1 else DOC)
+    print(f"refreshed the header of {sys.argv[1] if len(sys.argv) > 1 else DOC}")
