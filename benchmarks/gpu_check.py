@@ -95,7 +95,7 @@ def carry_text() -> str:
 
   the repository's tracked files            (src/, benchmarks/, tests/, configs/, docs/)
   {JPEG:<42}  the CIFAR-10 JPEG copy's archive, 15 MB: cp ../shared/data/cifar10-jpeg-train.tar.xz .data/
-  {WHEELS + '/':<42}  airbench's wheel: pip wheel --no-deps airbench==0.1.8 -w .whl
+  {WHEELS + '/':<42}  airbench's wheel: pip wheel --no-deps airbench==0.1.8 -w .whl (.whl/ is git-ignored)
 
 Not carried: .venv (made for this machine; its torch is not the GPU image's), and the tensor files
 {TENSORS}/ (153 MB; the 'data' part makes them there from the archive in seconds).
