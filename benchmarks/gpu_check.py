@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def carry_text() -> str:
     return f"""What must travel to the GPU machine (it has no network):
 
-  the repository's tracked files            (src/, benchmarks/, tests/, configs/, docs/)
+  the repository's tracked files              (src/, benchmarks/, tests/, configs/, docs/)
   {JPEG:<42}  the CIFAR-10 JPEG copy's archive, 15 MB: cp ../shared/data/cifar10-jpeg-train.tar.xz .data/
   {WHEELS + '/':<42}  airbench's wheel: pip wheel --no-deps airbench==0.1.8 -w .whl (.whl/ is git-ignored)
 

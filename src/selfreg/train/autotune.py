@@ -87,9 +87,14 @@ class SpeedChoice:
     device: str = "cpu"
     compile_cache: str | None = None
     trial: dict | None = None          # compile=auto's measured eager vs compiled steps (CompileTrial)
+    # Compile was chosen by auto in this run's config and not yet tried: compile_model runs a trial.
+    # The same on every rank (from the config and rank 0's choice); not part of the record.
+    trial_due: bool = False
 
     def summary(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("trial_due")
+        return out
 
     def save(self, run_dir: str | Path, cfg: Config | None = None) -> None:
         """speed.json in the run folder; on a resume whose config.yaml still says auto, the kept values there too."""
@@ -133,6 +138,7 @@ def resolve(cfg: Config, model: nn.Module, splits, train_loader, ctx: dist_utils
                 log("speed: " + ", ".join(f"train.{k}={getattr(choice, k)} ({choice.how[k]})"
                                           for k in KEYS if wanted[k] == AUTO))
         choice = _agree(ctx, choice, wanted)
+        choice.trial_due = bool(choice.compile and wanted["compile"] == AUTO and choice.trial is None)
     if choice.compile:
         choice.compile_cache = str(compile_cache.configure())
     return with_choice(cfg, choice), choice
@@ -319,14 +325,15 @@ def _agree(ctx: dist_utils.DistContext, choice: SpeedChoice | None, wanted: dict
     """Rank 0's choice on every rank (a no-op in one process)."""
     if not ctx.enabled:
         return choice
-    code = torch.zeros(3, dtype=torch.float64)
+    code = torch.zeros(4, dtype=torch.float64)
     if choice is not None:
-        code = torch.tensor([AMP_CODES.index(choice.amp), float(choice.channels_last), float(choice.compile)],
-                            dtype=torch.float64)
-    amp, cl, comp = (int(v.item()) for v in dist_utils.all_reduce_sum(ctx, *code.unbind()))
+        code = torch.tensor([AMP_CODES.index(choice.amp), float(choice.channels_last), float(choice.compile),
+                             float(choice.trial is not None)], dtype=torch.float64)
+    amp, cl, comp, tried = (int(v.item()) for v in dist_utils.all_reduce_sum(ctx, *code.unbind()))
     if choice is None:
         choice = SpeedChoice(AMP_CODES[amp], bool(cl), bool(comp), asked=dict(wanted),
-                             how={k: "rank 0's choice" for k in KEYS}, device=ctx.device.type)
+                             how={k: "rank 0's choice" for k in KEYS}, device=ctx.device.type,
+                             trial={"kept": "compiled" if comp else "eager", "from": "rank 0"} if tried else None)
     return choice
 
 
@@ -348,7 +355,7 @@ def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: s
     ctx = ctx or dist_utils.DistContext()
     if not choice.compile:
         return model
-    if choice.asked.get("compile") != AUTO or choice.trial is not None:
+    if not choice.trial_due:
         return torch.compile(model)
 
     def done(result: dict) -> None:
