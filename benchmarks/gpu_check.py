@@ -50,13 +50,13 @@ def parts(md: str, data: str, jpeg: str) -> list[Part]:
     fill = lambda argv: [a.format(md=md, data=data, jpeg=jpeg) for a in argv]  # noqa: E731
     return [
         Part("data", f"CIFAR-10 uint8 tensor files in {data} from the JPEG copy {jpeg} (skipped when present)",
-             "train.pt and test.pt written", 30,
+             "train.pt and test.pt written", 25,
              fill([str(BENCH / "make_cifar_tensor.py"), "{jpeg}", "{data}"]), cuda=False),
         Part("cuda-tests", "pytest -m cuda: bf16 / fp16 autocast and channels_last steps, torch.compile against "
              "eager, train.*=auto on CUDA, one-process DDP with NCCL", "all pass", 100,
              ["-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"]),
         Part("step-time", "training-step time of the RegNet-20 light/full cells over ResNet-20 on CUDA, next to "
-             "their MAC ratios", "light regulator time ratio <= 1.25x its MAC ratio", 40,
+             "their MAC ratios", "light regulator time ratio <= 1.25x its MAC ratio", 35,
              fill([str(BENCH / "step_time.py"), "--device", "cuda", "--steps", "10", "--rounds", "3",
                    "--no-reference", "--markdown", "{md}"])),
         Part("precision", "resnet50 (batch 128, 224x224) bf16 autocast + channels_last against fp32 NCHW",
@@ -72,7 +72,7 @@ def parts(md: str, data: str, jpeg: str) -> list[Part]:
              "eager vs compiled step", "warm compile a fraction of cold; compiled step <= eager", 75,
              fill([str(BENCH / "compile_cache.py"), "--device", "cuda", "--models", "resnet20", "--markdown", "{md}"])),
         Part("time-to-94", "configs/fast/cifar10_94.yaml against airbench94 (package) on the same GPU and the same "
-             "tensor files", "ours within 2x of airbench94's wall time", 140,
+             "tensor files", "ours within 2x of airbench94's wall time", 160,
              fill([str(BENCH / "time_to_94.py"), "--data", "{data}", "--markdown", "{md}"])),
     ]
 
