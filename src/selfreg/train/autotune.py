@@ -19,8 +19,9 @@ and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see d
   (only rrnet20_lstm light gained, 0.82x); CPUs with AMX were not measured, so not assumed.
 - channels_last: a probe. When the run is long enough that a few extra steps cost under 1%
   of it (`PROBE_SHARE`), a copy of the model trains `PROBE_ROUNDS` steps in each layout on a
-  random batch of the run's shape (interleaved, after warm-up, medians, at most
-  `PROBE_BUDGET_S` seconds; the global RNG is restored and the run's model is untouched), and
+  random batch of the run's shape (interleaved, after warm-up, medians; compared only when one
+  warm step says it takes at most `PROBE_BUDGET_S` seconds; the global RNG is restored and the
+  run's model is untouched), and
   the faster layout wins by at least `MARGIN`, else the device's default: NCHW on the CPU,
   channels_last on CUDA (the standard choice for convolutions under autocast). Measured on the
   CPU: NHWC 0.85x for resnet20, 0.97x rrnet20_gru light, but 1.15x for rrnet20_lstm light,
@@ -254,18 +255,24 @@ def probe_layouts(model: nn.Module, device: torch.device, shape: tuple[int, int,
             steps[cl] = _stepper(copy_, opt, x.contiguous(memory_format=fmt), y, autocast, device)
         times: dict[bool, list[float]] = {cl: [] for cl in layouts}
         note = None
-        first = steps[layouts[0]]()
-        if first * len(layouts) * (warmup + PROBE_ROUNDS) > PROBE_BUDGET_S:   # one more step times it warm
+        for _ in range(warmup):                      # the first step sets up kernels: not a step's cost
+            steps[layouts[0]]()
+        warm = steps[layouts[0]]()                   # one warm step says what the rest would cost
+        rest = (len(layouts) - 1) * warmup + len(layouts) * PROBE_ROUNDS - 1
+        times[layouts[0]].append(warm)
+        if warm * rest > PROBE_BUDGET_S:
             layouts = layouts[:1]
-            times[layouts[0]].append(steps[layouts[0]]())
-            note = f"one step took {first:.1f} s: over the probe's {PROBE_BUDGET_S:g} s budget, layouts not compared"
+            note = (f"a step takes {warm:.1f} s: comparing layouts would take {warm * rest:.0f} s, over the "
+                    f"probe's {PROBE_BUDGET_S:g} s budget")
         else:
-            for cl in layouts:
-                for _ in range(warmup - (cl == layouts[0])):
+            for cl in layouts[1:]:
+                for _ in range(warmup):
                     steps[cl]()
+            order = layouts[1:] + layouts[:1]        # the first layout already has one timed step
             for r in range(PROBE_ROUNDS):
-                for cl in layouts[r % len(layouts):] + layouts[:r % len(layouts)]:
-                    times[cl].append(steps[cl]())
+                for cl in order[r % len(order):] + order[:r % len(order)]:
+                    if len(times[cl]) < PROBE_ROUNDS:
+                        times[cl].append(steps[cl]())
     out = {"batch": batch, "input": list(shape), "amp": amp,
            "ms_per_step": {names[cl]: round(statistics.median(ts) * 1e3, 2) for cl, ts in times.items() if ts},
            "seconds": round(time.perf_counter() - start, 2)}
