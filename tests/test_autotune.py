@@ -80,13 +80,13 @@ def test_probe_times_both_layouts_and_touches_nothing():
     assert set(choice.probe["ms_per_step"]) == {"NCHW", "channels_last"}
     assert choice.probe["seconds"] < autotune.PROBE_BUDGET_S * 2
     assert choice.amp == "none" and choice.compile is True
-    assert choice.channels_last is False and "compiled on the CPU" in choice.how["channels_last"]
+    assert isinstance(choice.channels_last, bool) and "probe: channels_last" in choice.how["channels_last"]
     assert torch.equal(rng, torch.get_rng_state())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
-    # Without compile the probe's faster layout wins (by the margin); the reason quotes both times.
-    choice = autotune.decide({**AUTO, "compile": False}, model, torch.device("cpu"), (1, 8, 8), 10, 4, 10**7)
-    assert isinstance(choice.channels_last, bool) and "probe: channels_last" in choice.how["channels_last"]
+    # A run too short for compile to pay, but long enough to probe.
+    choice = autotune.decide(AUTO, model, torch.device("cpu"), (1, 8, 8), 10, 4, steps=1000)
+    assert choice.compile is False and "does not pay" in choice.how["compile"]
 
 
 def test_short_runs_neither_probe_nor_compile():

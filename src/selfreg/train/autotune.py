@@ -25,8 +25,10 @@ and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see d
   the faster layout wins by at least `MARGIN`, else the device's default: NCHW on the CPU,
   channels_last on CUDA (the standard choice for convolutions under autocast). Measured on the
   CPU: NHWC 0.85x for resnet20, 0.97x rrnet20_gru light, but 1.15x for rrnet20_lstm light,
-  hence a probe and not a rule. Too short a run: the default. With compile on the CPU: NCHW
-  (compiled NHWC measured no faster for resnet20, 1.27x slower for rrnet20_gru).
+  hence a probe and not a rule. Too short a run: the default. The probe's (eager) layout also
+  serves a compiled run: compiled resnet20 measured the same in both layouts, and
+  rrnet20_gru, whose compiled NHWC was 1.27x slower, probes NCHW anyway; and should the
+  compile trial keep eager, the layout is the eager winner.
 - compile: only when it pays back. Cold compiles cost 15-80 s on a quiet 2-core CPU (up to
   200 s under load) and saved 25% (resnet20) or 10% (rrnet20_gru) of a step, so `auto`
   compiles when the probe's step time x the run's steps x `COMPILE_GAIN` is at least
@@ -201,10 +203,7 @@ def decide(wanted: dict, model: nn.Module, device: torch.device, shape: tuple[in
     channels_last = wanted["channels_last"]
     if channels_last == AUTO:
         default = DEFAULT_CHANNELS_LAST[kind]
-        if compile_ and kind == "cpu":
-            channels_last = False
-            how["channels_last"] = "compiled on the CPU: NCHW (compiled NHWC measured no faster)"
-        elif len(timed) == 2:
+        if len(timed) == 2:
             nchw, nhwc = timed["NCHW"], timed["channels_last"]
             if default:
                 channels_last = not nchw <= (1 - MARGIN) * nhwc
