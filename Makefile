@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 
 # Regenerates docs/performance.md (tens of minutes on a 2-core CPU; GPU parts skip without CUDA).
 bench: $(STAMP)
-	for s in step_time framework_tax data_wait profile_step compile_precision time_to_94; do \
+	for s in step_time framework_tax data_wait profile_step compile_precision compile_cache time_to_94; do \
 	  PYTHONPATH=src $(PY) benchmarks/$$s.py --markdown docs/performance.md || exit 1; done
 
 clean:

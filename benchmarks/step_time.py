@@ -1,6 +1,7 @@
 """Training-step time of RegNet-20 (Xu et al.) over ResNet-20, next to their multiply-add ratio.
 
     PYTHONPATH=src python benchmarks/step_time.py --batch 128 --steps 5 --rounds 3 --threads 2
+    PYTHONPATH=src python benchmarks/step_time.py --device cuda --steps 20 --no-reference   # on a GPU
 
 One step = forward + backward + SGD step on a random batch at 32x32. The models alternate
 in one process (benchmarks/_common.py: warm-up, then rounds of `--steps` steps per model
@@ -8,7 +9,8 @@ in rotating order; medians), so drifts in machine load hit all models alike; rat
 over resnet20. The "reference" rows run the same weights through the cells' formulation
 as written (`reference_forward`: interleaved copy, grouped 1x1, one activation per gate),
 i.e. the cells before the fast path (the blocks' split-weight fusion is the same in both
-rows); `--no-reference` leaves them out.
+rows); `--no-reference` leaves them out. The last lines give each light regulator's time
+ratio over its MAC ratio (the issue's target on a GPU: at most 1.25).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ MODELS = [
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model per round")
     p.add_argument("--rounds", type=int, default=3)
@@ -56,7 +59,7 @@ class Trainee:
     def __init__(self, name: str, kwargs: dict, reference: bool, x: torch.Tensor, y: torch.Tensor,
                  channels_last: bool = False):
         torch.manual_seed(0)
-        self.model = create_model(name, num_classes=10, **kwargs).train()
+        self.model = create_model(name, num_classes=10, **kwargs).to(x.device).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=fmt)
         self.reference = reference
@@ -75,16 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 10, (args.batch,))
+    dev = torch.device(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size).to(dev)
+    y = torch.randint(0, 10, (args.batch,)).to(dev)
     models = [m for m in MODELS if not (args.no_reference and m[3])]
     trainees = {label: Trainee(name, kw, ref, x, y, args.channels_last) for label, name, kw, ref in models}
     macs = {label: count_macs(t.model, args.size) for label, t in trainees.items()}
     med = medians(interleave({label: t.step for label, t in trainees.items()},
-                             args.rounds, args.steps, args.warmup))
+                             args.rounds, args.steps, args.warmup, device=dev))
 
     base = models[0][0]
-    lines = [f"batch {args.batch}, {args.size}x{args.size}, {args.threads} threads"
+    where = "GPU" if dev.type == "cuda" else f"{args.threads} threads"
+    lines = [f"batch {args.batch}, {args.size}x{args.size}, {where}"
              f"{', channels_last' if args.channels_last else ''}, {args.rounds} rounds x {args.steps} "
              f"steps after {args.warmup} warm-up steps; median step time, ratios over {base}.", ""]
     lines += table(["model", "params", "MACs/img", "MAC ratio", "step ms", "time ratio"],
@@ -98,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         if f"rrnet20_{cell} light (reference)" in med:
             note += f"; light fast path / reference {light / med[f'rrnet20_{cell} light (reference)']:.2f}"
         lines.append(f"- {note}")
+    for cell in ("gru", "lstm"):
+        label = f"rrnet20_{cell} light"
+        over = (med[label] / med[base]) / (macs[label] / macs[base])
+        lines.append(f"- {label}: time ratio / MAC ratio {over:.2f} (target on a GPU: <= 1.25)")
     print("\n".join(lines))
     if args.markdown:
-        write_section(args.markdown, f"Step time: RegNet-20 over ResNet-20 ({args.threads} threads"
-                      f"{', channels_last' if args.channels_last else ''})", lines)
+        write_section(args.markdown, f"Step time: RegNet-20 over ResNet-20 ({where}"
+                      f"{', channels_last' if args.channels_last else ''})", lines, device=dev)
     return 0
 
 

@@ -16,7 +16,7 @@ def cfg_of(*overrides):
 
 def test_registry_lists_every_dataset_of_the_issue():
     assert set(DATASETS.names()) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "stl10",
-                                     "imagenette", "imagenet", "folder"}
+                                     "imagenette", "imagenet", "folder", "tensors"}
     assert {"none", "cifar", "shift", "imagenet", "lighting", "randaugment"} <= set(AUGMENTATIONS.names())
 
 

@@ -27,9 +27,12 @@ def test_fit_leaves_a_complete_run_directory(tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
     assert float(rows[0]["lr"]) == pytest.approx(0.1) and float(rows[1]["lr"]) == pytest.approx(0.01)
-    # The saved config reproduces the run.
+    # The saved config reproduces the run: the recipe, with train.amp/channels_last/compile=auto
+    # made concrete (a short CPU run: fp32, NCHW, eager).
     again = load_config(run / "config.yaml")
-    assert again.to_dict() == tiny_config(tmp_path, "train.run_name=r").to_dict()
+    wanted = tiny_config(tmp_path, "train.run_name=r").to_dict()
+    wanted["train"].update(amp="none", channels_last=False, compile=False)
+    assert again.to_dict() == wanted
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 2 and state["classes"] == [str(i) for i in range(10)]

@@ -174,10 +174,12 @@ class TrainConfig:
     bn_momentum: Any = None
     # On a NaN/inf loss: "stop" (keep the last good checkpoint) or "skip" the step.
     nan_policy: str = "stop"
-    # Speed paths: autocast precision none | bf16 | fp16, NHWC memory, torch.compile.
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
+    # Speed paths: autocast precision none | bf16 | fp16, NHWC memory, torch.compile; each also
+    # "auto": what is measurably faster on the run's device (selfreg.train.autotune), written into
+    # the run's config.yaml and summary.json as the concrete value.
+    amp: str = "auto"
+    channels_last: Any = "auto"   # true | false | auto
+    compile: Any = "auto"         # true | false | auto
     # Exponential moving average of the weights; 0 disables. Evaluated as ema_val_*.
     ema_decay: float = 0.0
     # DistributedDataParallel (torchrun): convert BN to SyncBatchNorm (CUDA only).
@@ -195,12 +197,19 @@ class TrainConfig:
         _check_range("train.mixup_prob", self.mixup_prob, low=0, high=1)
         _check_range("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True)
         _check_choice("train.nan_policy", self.nan_policy, ("stop", "skip"))
-        _check_choice("train.amp", self.amp, ("none", "bf16", "fp16"))
+        _check_choice("train.amp", self.amp, ("none", "bf16", "fp16", "auto"))
+        _check_bool_or_auto("train.channels_last", self.channels_last)
+        _check_bool_or_auto("train.compile", self.compile)
         _check_choice("train.progress", self.progress, ("auto", "bar", "lines", "none"))
         m = self.bn_momentum
         if not (m is None or m == "dynamic" or
                 (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m <= 1)):
             raise UserError(f"train.bn_momentum must be null, a number in [0, 1] or dynamic, got {m!r}")
+
+
+def _check_bool_or_auto(key: str, value: Any) -> None:
+    if not (isinstance(value, bool) or value == "auto"):
+        raise UserError(f"config key {key} must be true, false or auto, got {value!r}")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

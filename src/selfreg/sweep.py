@@ -53,6 +53,9 @@ from .train.checks import check_config
 from .train import distributed as dist_utils
 from .train.engine import Interrupted, fit
 
+# A recipe's `auto` speed settings match the concrete values its run chose (selfreg.train.autotune).
+AUTO_CHOSEN = {"train.amp", "train.channels_last", "train.compile"}
+
 @dataclass
 class Job:
     """One run of a sweep: a grid point and a seed."""
@@ -205,6 +208,8 @@ def check_same_config(job: Job) -> None:
     saved = flatten(yaml.safe_load((job.dir / "config.yaml").read_text()) or {})
     wanted = flatten(job.config.to_dict())
     for key in sorted(set(saved) | set(wanted)):
+        if key in AUTO_CHOSEN and wanted.get(key) == "auto":
+            continue
         if key not in RESUMABLE_KEYS and saved.get(key) != wanted.get(key):
             raise UserError(f"{job.dir} was trained with {key}={saved.get(key)!r} but the recipe now says "
                             f"{wanted.get(key)!r}; delete that folder or give the sweep another folder (-o)")

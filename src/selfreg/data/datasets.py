@@ -441,6 +441,51 @@ _register_arrays()
 
 
 # ---------------------------------------------------------------------------------------
+# tensors: uint8 image tensors in torch.save files (airbench's CifarLoader format)
+
+@DATASETS.register("tensors", augment=["none"],
+                   paper="uint8 image tensors saved with torch.save: root/train.pt (+ test.pt), as airbench reads")
+def tensors(cfg, *, with_test: bool, presets: list[str]) -> Raw:
+    """`root/train.pt` and optionally `root/test.pt`, each {images: uint8 (N, H, W, C) or (N, C, H, W),
+    labels, classes}: airbench's CifarLoader files (benchmarks/make_cifar_tensor.py writes them from the
+    CIFAR-10 JPEG copy), so a benchmark and airbench read the very same images. Val is carved from
+    train (default 10%); statistics are computed on the train split.
+    """
+    root = Path(cfg.root).expanduser()
+    if not (root / "train.pt").is_file():
+        raise UserError(f"tensors dataset not found: looked for {root / 'train.pt'}; make one with "
+                        "benchmarks/make_cifar_tensor.py or set data.root to the folder holding train.pt")
+    train = _tensor_file(root / "train.pt")
+    test = _tensor_file(root / "test.pt") if with_test else None
+    if with_test and test is None:
+        raise UserError(f"data.eval_test=true but {root / 'test.pt'} does not exist")
+    classes = train.pop("classes")
+    images = train["images"]
+    return Raw(TensorImages(images, train["labels"]), None,
+               TensorImages(test["images"], test["labels"]) if test else None, classes=classes,
+               channels=images.shape[1], size=tuple(images.shape[-2:]), val_default=0.1,
+               notes=[f"tensors: {len(images)} train images from {root / 'train.pt'}"])
+
+
+def _tensor_file(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        images, labels = data["images"], torch.as_tensor(data["labels"], dtype=torch.int64)
+    except Exception as exc:  # noqa: BLE001 - unreadable or missing keys: say which file
+        raise UserError(f"{path} is not an image tensor file ({type(exc).__name__}: {str(exc)[:80]}); "
+                        "expected a dict of uint8 images, labels and classes") from None
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise UserError(f"{path}: images must be a uint8 tensor of 4 dimensions, "
+                        f"got {images.dtype} {tuple(images.shape)}")
+    if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):   # NHWC (airbench) -> NCHW
+        images = images.permute(0, 3, 1, 2)
+    classes = list(data.get("classes") or [str(c) for c in range(int(labels.max()) + 1)])
+    return {"images": images.contiguous(), "labels": labels, "classes": classes}
+
+
+# ---------------------------------------------------------------------------------------
 # Photo datasets decoded per image: imagenette, imagenet
 
 IMAGENETTE_SIZES = {"full": "full", "320": "320px", "320px": "320px", "160": "160px", "160px": "160px"}

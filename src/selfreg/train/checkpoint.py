@@ -6,7 +6,6 @@ Writing and reading the files (atomic save, weights-only load, one-line errors) 
 from __future__ import annotations
 
 import errno
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
 
 from ..errors import UserError
 from ..weightfiles import (FORMAT_VERSION, current_umask, load_checkpoint, load_model_state,  # noqa: F401

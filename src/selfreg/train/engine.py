@@ -34,6 +34,8 @@ from ..data.datasets import data_source
 from ..errors import UserError
 from ..factory import create_model
 from ..stats import mean_std
+from . import autotune
+from .precision import make_autocast  # noqa: F401  (also the engine's API, e.g. benchmarks/framework_tax.py)
 from . import distributed as dist_utils
 from .bn import BNMomentum
 from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
@@ -277,15 +279,6 @@ def describe_device(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def make_autocast(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if amp == "none":
-        return contextlib.nullcontext
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on the CPU")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def make_mixup(cfg: Config, num_classes: int):
     if cfg.train.mixup <= 0 and cfg.train.cutmix <= 0:
         return None
@@ -335,6 +328,10 @@ class Run:
                                   **cfg.model.kwargs)
         self.n_params = count_parameters(self.model)
         self.model.to(device)
+        # train.amp / channels_last / compile = auto -> concrete values (recorded in config.yaml, summary.json).
+        cfg, self.speed = autotune.resolve(cfg, self.model, self.splits, self.loaders["train"], self.ctx, resume,
+                                           self.log)
+        self.cfg = cfg
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn and self.ctx.enabled and device.type == "cuda":
@@ -368,14 +365,16 @@ class Run:
             self.run_dir, resumed=resume is not None, seed=cfg.train.seed, world_size=self.ctx.world_size,
             device=describe_device(device), data=provenance.data_fingerprint(cfg.data.name, *data_source(cfg.data)),
             log=self.log) if self.ctx.is_main else {}
+        if self.ctx.is_main:
+            self.speed.save(self.run_dir, cfg)
 
         self.train_model = self.model
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
+        if cfg.train.compile:  # under compile=auto, a trial in the run's first steps (autotune.CompileTrial)
+            self.train_model = autotune.compile_model(self.train_model, self.speed, cfg, self.run_dir, self.ctx)
         self.metrics = MetricsCSV(self.run_dir / "metrics.csv")
         if self.ctx.is_main:
             self.metrics.truncate_after(self.epoch)
@@ -526,7 +525,7 @@ class Run:
                    "epochs": self.epoch, "seed": self.cfg.train.seed,
                    "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
                    "world_size": self.ctx.world_size, "device": describe_device(self.ctx.device),
-                   "selfreg_version": __version__}
+                   "selfreg_version": __version__, "speed": self.speed.summary()}
         if getattr(self, "test_stats", None) is not None:
             summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
         if self.ctx.is_main:

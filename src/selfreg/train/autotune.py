@@ -1,0 +1,438 @@
+"""`train.amp`, `train.channels_last` and `train.compile` = auto: the faster settings, chosen once per run.
+
+    cfg, choice = resolve(cfg, model, splits, train_loader, ctx)   # in engine.Run, before any wrapping
+    choice.save(run_dir)                                            # speed.json beside config.yaml
+
+`resolve` turns every `auto` into a concrete value for this device and model, before the
+model is converted, wrapped in DDP or compiled, and returns a copy of the config holding
+those values: the run's config.yaml and summary.json record them (summary.json and
+speed.json also say why), so `selfreg train RUN/config.yaml` reruns with the same settings,
+and a resumed run keeps what it started with (from speed.json, even where a sweep wrote
+`auto` back into config.yaml). Explicit values are never changed.
+
+The rules, and the measurements they come from (the project's 2-core Xeon with AVX-512 bf16
+and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see docs/performance.md):
+
+- amp: on CUDA, bf16 autocast where the GPU supports it (Ampere and newer), else none
+  (fp16 needs a loss scaler and can overflow: ask for it explicitly). On the CPU, none:
+  bf16 autocast made a resnet20 step 1.20x slower and rrnet20_gru light's 1.04-1.18x
+  (only rrnet20_lstm light gained, 0.82x); CPUs with AMX were not measured, so not assumed.
+- channels_last: a probe. When the run is long enough that a few extra steps cost under 1%
+  of it (`PROBE_SHARE`), a copy of the model trains `PROBE_ROUNDS` steps in each layout on a
+  random batch of the run's shape (interleaved, after warm-up, medians; compared only when one
+  warm step says it takes at most `PROBE_BUDGET_S` seconds; the global RNG is restored and the
+  run's model is untouched), and
+  the faster layout wins by at least `MARGIN`, else the device's default: NCHW on the CPU,
+  channels_last on CUDA (the standard choice for convolutions under autocast). Measured on the
+  CPU: NHWC 0.85x for resnet20, 0.97x rrnet20_gru light, but 1.15x for rrnet20_lstm light,
+  hence a probe and not a rule. Too short a run: the default. The probe's (eager) layout also
+  serves a compiled run: compiled resnet20 measured the same in both layouts, and
+  rrnet20_gru, whose compiled NHWC was 1.27x slower, probes NCHW anyway; and should the
+  compile trial keep eager, the layout is the eager winner.
+- compile: only when it pays back. Cold compiles cost 15-80 s on a quiet 2-core CPU (up to
+  200 s under load) and saved 25% (resnet20) or 10% (rrnet20_gru) of a step, so `auto`
+  compiles when the probe's step time x the run's steps x `COMPILE_GAIN` is at least
+  `PAYBACK` x `COMPILE_COST_S` (cost taken at the high end, saving at the low end). A run too
+  short to probe never compiles, so auto never makes a short run slower. On CUDA the same
+  rule with assumed numbers until benchmarks/gpu_check.py has measured them. Once chosen, a
+  trial in the run itself (`CompileTrial`: its first steps eager, the next compiled, each
+  timed) keeps compiled only when it measured faster, so a model that compiles no faster
+  (rrnet20_gru on a loaded CPU measured 1.04x) loses at most the compile, which the rule
+  bounds to a twentieth of the run.
+
+Under torchrun, rank 0 decides and every rank uses its choice.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config, save_config
+from . import compile_cache
+from . import distributed as dist_utils
+from .precision import make_autocast
+
+AUTO = "auto"
+KEYS = ("amp", "channels_last", "compile")
+RECORD = "speed.json"
+
+PROBE_ROUNDS = 3          # timed steps per layout (interleaved), after WARMUP steps each
+WARMUP = {"cpu": 1, "cuda": 2}
+PROBE_SHARE = 0.01        # probe only when its steps are at most this share of the run's steps
+PROBE_BUDGET_S = 6.0      # stop probing layouts when the first step says it would take longer
+MARGIN = 0.03             # a layout must be this much faster to beat the device's default
+DEFAULT_CHANNELS_LAST = {"cpu": False, "cuda": True}
+COMPILE_COST_S = {"cpu": 120.0, "cuda": 90.0}   # cold compile, high end of what was measured
+COMPILE_GAIN = {"cpu": 0.10, "cuda": 0.10}      # saving per step, low end
+PAYBACK = 2.0
+
+
+_MEMO: dict[tuple, "SpeedChoice"] = {}
+
+
+@dataclass
+class SpeedChoice:
+    """What a run uses for the three speed keys, what its config asked, and why."""
+    amp: str
+    channels_last: bool
+    compile: bool
+    asked: dict = field(default_factory=dict)
+    how: dict = field(default_factory=dict)
+    probe: dict | None = None
+    device: str = "cpu"
+    compile_cache: str | None = None
+    trial: dict | None = None          # compile=auto's measured eager vs compiled steps (CompileTrial)
+    # Compile was chosen by auto in this run's config and not yet tried: compile_model runs a trial.
+    # The same on every rank (from the config and rank 0's choice); not part of the record.
+    trial_due: bool = False
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out.pop("trial_due")
+        return out
+
+    def save(self, run_dir: str | Path, cfg: Config | None = None) -> None:
+        """speed.json in the run folder; on a resume whose config.yaml still says auto, the kept values there too."""
+        run_dir = Path(run_dir)
+        (run_dir / RECORD).write_text(json.dumps(self.summary(), indent=2))
+        if cfg is not None and (run_dir / "config.yaml").is_file():
+            import yaml
+
+            saved = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {})
+            if any(saved.get(k) == AUTO for k in KEYS):
+                save_config(cfg, run_dir / "config.yaml")
+
+
+def asked(cfg: Config) -> dict:
+    return {k: getattr(cfg.train, k) for k in KEYS}
+
+
+def is_auto(cfg: Config) -> bool:
+    return any(v == AUTO for v in asked(cfg).values())
+
+
+def resolve(cfg: Config, model: nn.Module, splits, train_loader, ctx: dist_utils.DistContext | None = None,
+            resume: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[Config, SpeedChoice]:
+    """A copy of `cfg` with every auto speed key made concrete, and the record of the choice.
+
+    `model` must already be on the run's device and not yet converted or wrapped.
+    """
+    ctx = ctx or dist_utils.DistContext()
+    device = ctx.device
+    wanted = asked(cfg)
+    if not is_auto(cfg):   # explicit values (a resumed run's config.yaml holds them): keep its record's reasons
+        choice = (_kept(resume, wanted) if ctx.is_main else None) or SpeedChoice(
+            wanted["amp"], bool(wanted["channels_last"]), bool(wanted["compile"]), asked=wanted,
+            how={k: "set in the config" for k in KEYS}, device=device.type)
+    else:
+        choice = None
+        if ctx.is_main:  # rank 0 decides (or reads what the run started with); every rank then uses its choice
+            choice = _kept(resume, wanted)
+            if choice is None:
+                choice = _decide_once(cfg, wanted, model, splits, train_loader, ctx)
+                log("speed: " + ", ".join(f"train.{k}={getattr(choice, k)} ({choice.how[k]})"
+                                          for k in KEYS if wanted[k] == AUTO))
+        choice = _agree(ctx, choice, wanted)
+        choice.trial_due = bool(choice.compile and wanted["compile"] == AUTO and choice.trial is None)
+    if choice.compile:
+        choice.compile_cache = str(compile_cache.configure())
+    return with_choice(cfg, choice), choice
+
+
+def _decide_once(cfg: Config, wanted: dict, model: nn.Module, splits, train_loader,
+                 ctx: dist_utils.DistContext) -> SpeedChoice:
+    """`decide` for this run; seeds of one recipe in one process (fit_seeds, a sweep) share one probe."""
+    shape = _input_shape(splits)
+    batch = max(1, cfg.data.batch_size // max(1, ctx.world_size))
+    steps = cfg.train.epochs * len(train_loader)
+    key = (str(ctx.device), type(model).__name__, sum(p.numel() for p in model.parameters()), shape, batch,
+           steps, tuple(wanted.items()), torch.get_num_threads())
+    if key not in _MEMO:
+        _MEMO[key] = decide(wanted, model, ctx.device, shape, splits.num_classes, batch, steps)
+    return copy.deepcopy(_MEMO[key])
+
+
+def decide(wanted: dict, model: nn.Module, device: torch.device, shape: tuple[int, int, int], num_classes: int,
+           batch: int, steps: int) -> SpeedChoice:
+    """The choice for one process: rules for amp, the probe for layout and step time, pay-back for compile."""
+    kind = device.type if device.type in DEFAULT_CHANNELS_LAST else "cpu"
+    how: dict[str, str] = {}
+
+    amp = wanted["amp"]
+    if amp == AUTO:
+        amp, how["amp"] = _amp_rule(device)
+    else:
+        how["amp"] = "set in the config"
+
+    probe = None
+    layouts = [False, True] if wanted["channels_last"] == AUTO else [bool(wanted["channels_last"])]
+    probe_steps = len(layouts) * (WARMUP[kind] + PROBE_ROUNDS)
+    if (wanted["channels_last"] == AUTO or wanted["compile"] == AUTO) and probe_steps <= PROBE_SHARE * steps:
+        try:
+            probe = probe_layouts(model, device, shape, num_classes, batch, amp, layouts, WARMUP[kind])
+        except Exception as exc:  # an op without an NHWC kernel, out of memory, ...: fall back to the rules
+            probe = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+    timed = (probe or {}).get("ms_per_step", {})
+    short = f"the run's {steps} steps are too few to pay for a probe of {probe_steps}"
+
+    compile_ = wanted["compile"]
+    if compile_ == AUTO:
+        if not timed:
+            compile_ = False
+            how["compile"] = short if probe is None else f"probe failed ({probe['error']}): eager"
+        else:
+            step_s = min(timed.values()) / 1e3
+            eager_s = step_s * steps
+            saving, cost = eager_s * COMPILE_GAIN[kind], COMPILE_COST_S[kind]
+            compile_ = saving >= PAYBACK * cost
+            how["compile"] = (f"eager run about {eager_s:.0f} s ({steps} steps x {step_s * 1e3:.0f} ms); "
+                              f"a {COMPILE_GAIN[kind]:.0%} saving ({saving:.0f} s) "
+                              f"{'pays' if compile_ else 'does not pay'} {PAYBACK:g}x a {cost:.0f} s cold compile")
+    else:
+        compile_ = bool(compile_)
+        how["compile"] = "set in the config"
+
+    channels_last = wanted["channels_last"]
+    if channels_last == AUTO:
+        default = DEFAULT_CHANNELS_LAST[kind]
+        if len(timed) == 2:
+            nchw, nhwc = timed["NCHW"], timed["channels_last"]
+            if default:
+                channels_last = not nchw <= (1 - MARGIN) * nhwc
+            else:
+                channels_last = nhwc <= (1 - MARGIN) * nchw
+            how["channels_last"] = (f"probe: channels_last {nhwc:.1f} ms vs NCHW {nchw:.1f} ms per step "
+                                    f"(ratio {nhwc / nchw:.2f}; default {'channels_last' if default else 'NCHW'} "
+                                    f"unless the other is {MARGIN:.0%} faster)")
+        else:
+            channels_last = default
+            why = short if probe is None else (f"probe failed ({probe['error']})" if "error" in probe
+                                               else probe.get("note", "layouts not compared"))
+            how["channels_last"] = f"{why}: the {device.type} default, {'channels_last' if default else 'NCHW'}"
+    else:
+        channels_last = bool(channels_last)
+        how["channels_last"] = "set in the config"
+    return SpeedChoice(amp, channels_last, compile_, asked=dict(wanted), how=how, probe=probe, device=device.type)
+
+
+def _amp_rule(device: torch.device) -> tuple[str, str]:
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "rule: bf16 autocast on a GPU that supports it"
+        return "none", "rule: this GPU has no bf16; fp16 needs a loss scaler, so set train.amp=fp16 to use it"
+    if device.type == "cpu":
+        return "none", "rule: fp32 on the CPU (bf16 autocast measured 1.2x slower without AMX)"
+    return "none", f"rule: fp32 on {device.type}"
+
+
+def probe_layouts(model: nn.Module, device: torch.device, shape: tuple[int, int, int], num_classes: int,
+                  batch: int, amp: str, layouts: list[bool], warmup: int) -> dict:
+    """Median training-step milliseconds of copies of `model` in each layout; see the module doc."""
+    autocast = make_autocast(amp, device)
+    start = time.perf_counter()
+    names = {False: "NCHW", True: "channels_last"}
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):   # dropout etc. draw here; the run's RNG stays as it was
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, *shape, generator=g).to(device)
+        y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+        steps = {}
+        for cl in layouts:
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            copy_ = copy.deepcopy(model).train().to(memory_format=fmt)
+            opt = torch.optim.SGD(copy_.parameters(), lr=1e-3, momentum=0.9)
+            steps[cl] = _stepper(copy_, opt, x.contiguous(memory_format=fmt), y, autocast, device)
+        times: dict[bool, list[float]] = {cl: [] for cl in layouts}
+        note = None
+        for _ in range(warmup):                      # the first step sets up kernels: not a step's cost
+            steps[layouts[0]]()
+        warm = steps[layouts[0]]()                   # one warm step says what the rest would cost
+        rest = (len(layouts) - 1) * warmup + len(layouts) * PROBE_ROUNDS - 1
+        times[layouts[0]].append(warm)
+        if warm * rest > PROBE_BUDGET_S:
+            layouts = layouts[:1]
+            note = (f"a step takes {warm:.1f} s: comparing layouts would take {warm * rest:.0f} s, over the "
+                    f"probe's {PROBE_BUDGET_S:g} s budget")
+        else:
+            for cl in layouts[1:]:
+                for _ in range(warmup):
+                    steps[cl]()
+            order = layouts[1:] + layouts[:1]        # the first layout already has one timed step
+            for r in range(PROBE_ROUNDS):
+                for cl in order[r % len(order):] + order[:r % len(order)]:
+                    if len(times[cl]) < PROBE_ROUNDS:
+                        times[cl].append(steps[cl]())
+    out = {"batch": batch, "input": list(shape), "amp": amp,
+           "ms_per_step": {names[cl]: round(statistics.median(ts) * 1e3, 2) for cl, ts in times.items() if ts},
+           "seconds": round(time.perf_counter() - start, 2)}
+    if note:
+        out["note"] = note
+    return out
+
+
+def _stepper(model: nn.Module, opt, x, y, autocast, device: torch.device) -> Callable[[], float]:
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+    return step
+
+
+def _input_shape(splits) -> tuple[int, int, int]:
+    size = splits.image_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return splits.in_chans, int(h), int(w)
+
+
+def _kept(resume: str | Path | None, wanted: dict) -> SpeedChoice | None:
+    """On a resume, the choice the run started with (speed.json) for the keys its config leaves auto or
+    sets to the same value; None without a record."""
+    if resume is None:
+        return None
+    path = Path(resume) / RECORD
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    values, how = {}, dict(saved.get("how", {}))
+    for k in KEYS:
+        if wanted[k] == AUTO:
+            values[k] = saved[k]
+            if not how.get(k, "").startswith("kept from"):
+                how[k] = f"kept from the run's start ({RECORD}): {how.get(k, '')}".rstrip(": ")
+        else:
+            values[k] = wanted[k]
+            if values[k] != saved.get(k):
+                how[k] = "set in the config"
+    return SpeedChoice(values["amp"], bool(values["channels_last"]), bool(values["compile"]),
+                       asked=saved.get("asked", dict(wanted)), how=how, probe=saved.get("probe"),
+                       device=saved.get("device", "cpu"), trial=saved.get("trial"))
+
+
+AMP_CODES = ("none", "bf16", "fp16")
+
+
+def _agree(ctx: dist_utils.DistContext, choice: SpeedChoice | None, wanted: dict) -> SpeedChoice:
+    """Rank 0's choice on every rank (a no-op in one process)."""
+    if not ctx.enabled:
+        return choice
+    code = torch.zeros(4, dtype=torch.float64)
+    if choice is not None:
+        code = torch.tensor([AMP_CODES.index(choice.amp), float(choice.channels_last), float(choice.compile),
+                             float(choice.trial is not None)], dtype=torch.float64)
+    amp, cl, comp, tried = (int(v.item()) for v in dist_utils.all_reduce_sum(ctx, *code.unbind()))
+    if choice is None:
+        choice = SpeedChoice(AMP_CODES[amp], bool(cl), bool(comp), asked=dict(wanted),
+                             how={k: "rank 0's choice" for k in KEYS}, device=ctx.device.type,
+                             trial={"kept": "compiled" if comp else "eager", "from": "rank 0"} if tried else None)
+    return choice
+
+
+# ---------------------------------------------------------------------------------------
+# compile=auto, once compiling looked worth it: measure it in the run itself
+
+TRIAL_WARMUP = 3          # step intervals dropped at the start of each phase (the compile, warm-up)
+TRIAL_STEPS = 8           # step intervals timed per phase
+COMPILER = torch.compile  # what a trial compiles with (tests put a stand-in here)
+
+
+def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: str | Path,
+                  ctx: dist_utils.DistContext | None = None) -> nn.Module:
+    """The training model under train.compile: compiled, or (compile chosen by auto) a `CompileTrial`.
+
+    When the trial keeps eager, `cfg.train.compile` and the run's config.yaml / speed.json say
+    false from then on, so a rerun or a resume trains eager too.
+    """
+    ctx = ctx or dist_utils.DistContext()
+    if not choice.compile:
+        return model
+    if not choice.trial_due:
+        return torch.compile(model)
+
+    def done(result: dict) -> None:
+        choice.trial = result
+        choice.how["compile"] += (f"; measured in the run: compiled {result['compiled_ms']:.1f} ms vs eager "
+                                  f"{result['eager_ms']:.1f} ms per step, {result['kept']} kept")
+        if result["kept"] == "eager":
+            choice.compile = cfg.train.compile = False
+        if ctx.is_main:
+            choice.save(run_dir)
+            save_config(cfg, Path(run_dir) / "config.yaml")
+
+    return CompileTrial(model, done, ctx)
+
+
+class CompileTrial(nn.Module):
+    """Eager for the run's first steps, then compiled, each timed; then whichever was faster.
+
+    A step's time is the interval between the starts of consecutive training-mode forward
+    calls, so it holds everything a step costs in the real loop (data, backward, optimizer,
+    logging); intervals spanning an evaluation are dropped, and so are the first
+    `TRIAL_WARMUP` of each phase (the compiled phase's first holds the compile). After
+    `TRIAL_STEPS` timed intervals of each, compiled stays only when it is at least `MARGIN`
+    faster (rank 0's measurement under DDP); `done(result)` records the outcome. The compile
+    itself is paid either way, which the pay-back rule allowed for before choosing to compile.
+    """
+
+    def __init__(self, model: nn.Module, done: Callable[[dict], None], ctx: dist_utils.DistContext | None = None):
+        super().__init__()
+        self._orig_mod = model                          # engine.unwrap finds the plain model through it
+        self.__dict__.update(_compiled=COMPILER(model), _done=done, _ctx=ctx or dist_utils.DistContext())
+        self.phase, self.seen, self.last = "eager", 0, None
+        self.times: dict[str, list[float]] = {"eager": [], "compiled": []}
+
+    def _current(self):
+        return self._compiled if self.phase in ("compiled", "done-compiled") else self._orig_mod
+
+    def forward(self, *args, **kwargs):
+        if not self.training:                           # evaluation: eager until compiled has won
+            self.last = None                            # (the next interval would include it)
+            model = self._compiled if self.phase == "done-compiled" else self._orig_mod
+            return model(*args, **kwargs)
+        now = time.perf_counter()
+        if self.phase in self.times:
+            if self.last is not None:
+                self.seen += 1
+                if self.seen > TRIAL_WARMUP:
+                    self.times[self.phase].append(now - self.last)
+            if len(self.times[self.phase]) >= TRIAL_STEPS:
+                self._next_phase()
+        self.last = now
+        return self._current()(*args, **kwargs)
+
+    def _next_phase(self) -> None:
+        self.seen, self.last = 0, None
+        if self.phase == "eager":
+            self.phase = "compiled"
+            return
+        eager, compiled = (statistics.median(self.times[k]) for k in ("eager", "compiled"))
+        vote = torch.tensor(float(compiled <= (1 - MARGIN) * eager) if self._ctx.is_main else 0.0)
+        (vote,) = dist_utils.all_reduce_sum(self._ctx, vote)   # rank 0's verdict on every rank
+        kept = "compiled" if vote.item() > 0 else "eager"
+        self.phase = f"done-{kept}"
+        self._done({"eager_ms": round(eager * 1e3, 2), "compiled_ms": round(compiled * 1e3, 2), "kept": kept,
+                    "steps_timed": TRIAL_STEPS})
+
+
+def with_choice(cfg: Config, choice: SpeedChoice) -> Config:
+    out = copy.deepcopy(cfg)
+    out.train.amp, out.train.channels_last, out.train.compile = choice.amp, choice.channels_last, choice.compile
+    return out
+
+
+__all__ = ["AUTO", "KEYS", "SpeedChoice", "resolve", "decide", "probe_layouts", "is_auto", "asked", "with_choice",
+           "compile_model", "CompileTrial"]
