@@ -5,8 +5,9 @@ import torch
 
 from procs import REPO, selfreg  # noqa: F401  (REPO is imported from here by the test modules)
 
-# Keep each test process to the machine's 2 cores and deterministic CPU math.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Keep each test process to the machine's cores and deterministic CPU math: under
+# pytest-xdist (`make test` runs one worker per core) each worker computes on one thread.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 def run_cli(*args, cwd=None, timeout=300, **kwargs):

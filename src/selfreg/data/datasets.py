@@ -443,7 +443,12 @@ _register_arrays()
 # ---------------------------------------------------------------------------------------
 # tensors: uint8 image tensors in torch.save files (airbench's CifarLoader format)
 
-@DATASETS.register("tensors", augment=["none"],
+def _tensor_files(cfg) -> tuple[Path, list[Path]]:
+    root = Path(cfg.root).expanduser()
+    return root, [root / name for name in ("train.pt", "test.pt") if (root / name).is_file()]
+
+
+@DATASETS.register("tensors", augment=["none"], files=_tensor_files,
                    paper="uint8 image tensors saved with torch.save: root/train.pt (+ test.pt), as airbench reads")
 def tensors(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     """`root/train.pt` and optionally `root/test.pt`, each {images: uint8 (N, H, W, C) or (N, C, H, W),
