@@ -9,7 +9,8 @@ from selfreg.analysis.regnet_checks import (PAPER_ROWS, Printed, Row, compare, m
 from selfreg.complexity import count_parameters
 from selfreg.errors import UserError
 from selfreg.layers.convrnn import ConvCell, ConvLSTM
-from selfreg.models.regnet import XU_2022, RegStage, RRNetImageNet
+from selfreg.models.papers import XU_2022
+from selfreg.models.regnet import RegStage, RRNetImageNet
 from selfreg.models.resnet_cifar import BasicBlock
 
 RRNETS = list_models("rrnet*") + list_models("se_rrnet*")

@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-KRIZHEVSKY_2012 = "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks, NIPS 2012"
-
 
 def local_response_norm() -> nn.LocalResponseNorm:
     """The paper's LRN: b = a / (k + alpha * sum over n=5 neighbours of a^2)^beta, k=2, alpha=1e-4, beta=0.75.

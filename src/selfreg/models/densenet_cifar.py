@@ -16,8 +16,6 @@ from torch import nn
 
 from ..errors import UserError
 
-HUANG_2017 = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
-
 
 def bn_relu_conv(in_chans: int, out_chans: int, kernel_size: int, drop_rate: float) -> nn.Sequential:
     layers: list[nn.Module] = [

@@ -18,9 +18,6 @@ from torch import nn
 
 from ..errors import UserError
 
-LENET_BN = ("LeCun et al., Gradient-Based Learning Applied to Document Recognition, 1998; with BN of "
-            "Ioffe & Szegedy, ICML 2015 (as in Dive into Deep Learning, sec. 8.5)")
-
 
 def feature_size(img_size: int) -> int:
     """Side of the feature map after two (5x5 valid conv, 2x2 pool) stages."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LIN_2014 = "Lin et al., Network In Network, ICLR 2014"
-
 
 def mlpconv(in_chans: int, widths: tuple[int, int, int], kernel_size: int, last_relu: bool = True) -> nn.Sequential:
     """kxk conv -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv -> ReLU (the last ReLU optional)."""

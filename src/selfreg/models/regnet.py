@@ -71,9 +71,8 @@ from ..layers.norm import get_norm_layer
 from ..layers.taps import record_outputs
 from ..layers.shortcut import projection
 from ..registry import register_model
-from .resnet_cifar import HE_2016, BasicBlock, init_weights
-
-XU_2022 = "Xu et al., RegNet: Self-Regulated Network for Image Classification, TNNLS 2022"
+from .papers import HE_2016, XU_2022
+from .resnet_cifar import BasicBlock, init_weights
 
 RECURRENT_STATES = ("normalized", "raw")
 STRIDE_ON = ("3x3", "1x1")

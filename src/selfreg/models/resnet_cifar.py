@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
 from ..layers.norm import get_norm_layer
 from ..registry import register_model
+from .papers import HE_2016, HU_2018
 
 # name -> (bn_after_add, final_relu). "Variants are data": the block reads two flags.
 BLOCK_VARIANTS: dict[str, tuple[bool, bool]] = {
@@ -111,10 +112,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-HE_2016 = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
-SE_2018 = "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018"
-
-
 def _cifar_resnet(depth: int, se: bool) -> Callable[..., CifarResNet]:
     if (depth - 2) % 6:
         raise ValueError("CIFAR ResNet depth must be 6n+2")
@@ -132,5 +129,5 @@ def _cifar_resnet(depth: int, se: bool) -> Callable[..., CifarResNet]:
 for _depth in (20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}", input_size=32, paper=HE_2016, source="selfreg",
                    family="resnet", accepts=("norm_layer",))(_cifar_resnet(_depth, se=False))
-    register_model(f"se_resnet{_depth}", input_size=32, paper=SE_2018, source="selfreg",
+    register_model(f"se_resnet{_depth}", input_size=32, paper=HU_2018, source="selfreg",
                    family="se_resnet", accepts=("norm_layer",))(_cifar_resnet(_depth, se=True))

@@ -23,9 +23,6 @@ from torch import nn
 from ..errors import UserError
 from .resnet_cifar import init_weights  # He fan-out convs, unit BN: the shared initialiser
 
-ZHANG_2018 = ("Zhang et al., ShuffleNet: An Extremely Efficient Convolutional Neural Network for "
-              "Mobile Devices, CVPR 2018")
-
 STAGE2_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 STAGE_UNITS = (4, 8, 4)
 
