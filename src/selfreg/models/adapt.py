@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .base import ClassifierNet
+
 # Inputs up to this side get the small-input adaptation (MNIST 28, CIFAR 32, STL-ish 64 crops).
 SMALL_INPUT_MAX = 64
 # Patch size of ViTs and MLPs on small inputs: 8x8 = 64 tokens at 32x32, 7x7 at 28x28.
@@ -32,7 +34,7 @@ def is_small(img_size: int) -> bool:
     return img_size <= SMALL_INPUT_MAX
 
 
-class FeaturesHead(nn.Module):
+class FeaturesHead(ClassifierNet):
     """A torchvision classifier as `features` and `head`: the surface of timm's models and ours."""
 
     def __init__(self, features: nn.Module, head: nn.Module, num_features: int):
@@ -46,9 +48,6 @@ class FeaturesHead(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def pick(model: nn.Module, names: Sequence[str]) -> nn.Sequential:

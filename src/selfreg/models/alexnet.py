@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import ClassifierNet
+
 
 def local_response_norm() -> nn.LocalResponseNorm:
     """The paper's LRN: b = a / (k + alpha * sum over n=5 neighbours of a^2)^beta, k=2, alpha=1e-4, beta=0.75.
@@ -29,7 +31,7 @@ def local_response_norm() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(size, alpha=size * alpha, beta=0.75, k=2.0)
 
 
-class AlexNet(nn.Module):
+class AlexNet(ClassifierNet):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, groups: int = 2, drop_rate: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -67,9 +69,6 @@ class AlexNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .base import PoolFcNet
 
 
 def bn_relu_conv(in_chans: int, out_chans: int, kernel_size: int, drop_rate: float) -> nn.Sequential:
@@ -41,7 +42,7 @@ class DenseBlock(nn.Module):
         return torch.cat(features, dim=1)
 
 
-class CifarDenseNet(nn.Module):
+class CifarDenseNet(PoolFcNet):
     def __init__(self, depth: int = 40, growth_rate: int = 12, num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0):
         super().__init__()
@@ -64,12 +65,6 @@ class CifarDenseNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import ClassifierNet
+
 
 def mlpconv(in_chans: int, widths: tuple[int, int, int], kernel_size: int, last_relu: bool = True) -> nn.Sequential:
     """kxk conv -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv -> ReLU (the last ReLU optional)."""
@@ -29,7 +31,7 @@ def mlpconv(in_chans: int, widths: tuple[int, int, int], kernel_size: int, last_
     return nn.Sequential(*layers)
 
 
-class NiN(nn.Module):
+class NiN(ClassifierNet):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -50,9 +52,6 @@ class NiN(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x).mean(dim=(2, 3))                  # (B, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def init_weights(model: nn.Module) -> None:

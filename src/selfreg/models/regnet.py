@@ -71,6 +71,7 @@ from ..layers.norm import get_norm_layer
 from ..layers.taps import record_outputs
 from ..layers.shortcut import projection
 from ..registry import register_model
+from .base import PoolFcNet
 from .papers import HE_2016, XU_2022
 from .resnet_cifar import BasicBlock, init_weights
 
@@ -216,14 +217,11 @@ def _check_stages(regulated_stages: tuple[int, ...] | None, num_stages: int) -> 
     return frozenset(regulated_stages)
 
 
-class _StagedNet(nn.Module):
-    """The model surface both families share: forward = forward_head(forward_features(x)).
+class _StagedNet(PoolFcNet):
+    """What both families share besides the surface: the init, and `forward_intermediates`.
 
-    Each family defines forward_features, forward_head and stage_modules (its stages in order).
+    Each family defines forward_features and stage_modules (its stages in order).
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def _finish_init(self) -> None:
         init_weights(self)
@@ -291,9 +289,6 @@ class RRNetCifar(_StagedNet):
         x = torch.relu(self.bn1(self.conv1(x)))  # (B, 16, H, W)
         return self.stages(x)                    # (B, 64, H/4, W/4)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
 
 class RRNetImageNet(_StagedNet):
     """ImageNet RegNet: stem 7x7/2 + max pool, bottleneck stages (64..512 x 4), pool, FC.
@@ -346,9 +341,6 @@ class RRNetImageNet(_StagedNet):
         for stage in self.stage_modules():
             x = stage(x)
         return x                                                  # (B, 2048, H/32, W/32)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 # ---------------------------------------------------------------- registrations

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
 from ..layers.norm import get_norm_layer
 from ..registry import register_model
+from .base import PoolFcNet
 from .papers import HE_2016, HU_2018
 
 # name -> (bn_after_add, final_relu). "Variants are data": the block reads two flags.
@@ -64,7 +65,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out) if self.final_relu else out
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PoolFcNet):
     """Stem (3x3, 16) -> three stages of `n` blocks -> global average pool -> FC."""
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3,
@@ -92,12 +93,6 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))  # (B, 16, H, W)
         return self.stages(x)                    # (B, 64, H/4, W/4)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .base import PoolFcNet
 from .resnet_cifar import init_weights  # He fan-out convs, unit BN: the shared initialiser
 
 STAGE2_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
@@ -60,7 +61,7 @@ class ShuffleUnit(nn.Module):
         return torch.relu(out + x)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(PoolFcNet):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, groups: int = 3):
         super().__init__()
         if groups not in STAGE2_WIDTH:
@@ -83,9 +84,3 @@ class ShuffleNetV1(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
