@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ClassifierNet
+from .base import ClassifierNet, init_normal
 
 
 def local_response_norm() -> nn.LocalResponseNorm:
@@ -62,20 +62,14 @@ class AlexNet(ClassifierNet):
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
-        init_weights(self)
+        # The paper's init: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the two hidden
+        # fully connected layers ("positive inputs to the ReLUs" early in training), 0 elsewhere.
+        conv2, conv4, conv5 = self.features[4], self.features[10], self.features[12]
+        fc6, fc7 = self.classifier[1], self.classifier[4]
+        init_normal(self, std=0.01, bias_one=(conv2, conv4, conv5, fc6, fc7))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(x), 1))
-
-
-def init_weights(model: nn.Module) -> None:
-    """The paper's init: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the two hidden
-    fully connected layers ("positive inputs to the ReLUs" early in training), 0 elsewhere."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    ones = {1, 3, 4, 5, 6}  # conv2, conv4, conv5, fc6, fc7 in order of construction
-    for i, m in enumerate(layers):
-        nn.init.normal_(m.weight, std=0.01)
-        nn.init.constant_(m.bias, 1.0 if i in ones else 0.0)

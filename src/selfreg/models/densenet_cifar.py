@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import PoolFcNet
+from .base import PoolFcNet, init_he
 
 
 def bn_relu_conv(in_chans: int, out_chans: int, kernel_size: int, drop_rate: float) -> nn.Sequential:
@@ -61,20 +61,8 @@ class CifarDenseNet(PoolFcNet):
         self.features = nn.Sequential(*stages)                    # (B, 16 + 3nk, H/4, W/4)
         self.num_features = chans
         self.fc = nn.Linear(chans, num_classes)
-        init_weights(self)
+        # He fan-out convolutions, BN scale 1, linear bias 0: the authors' Torch code (from fb.resnet.torch).
+        init_he(self, zero_linear_bias=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-
-def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convolutions, as in the authors' Torch code (from fb.resnet.torch);
-    BN scale 1, linear bias 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)

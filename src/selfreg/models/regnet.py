@@ -71,9 +71,9 @@ from ..layers.norm import get_norm_layer
 from ..layers.taps import record_outputs
 from ..layers.shortcut import projection
 from ..registry import register_model
-from .base import PoolFcNet
+from .base import PoolFcNet, init_he
 from .papers import HE_2016, XU_2022
-from .resnet_cifar import BasicBlock, init_weights
+from .resnet_cifar import BasicBlock
 
 RECURRENT_STATES = ("normalized", "raw")
 STRIDE_ON = ("3x3", "1x1")
@@ -224,7 +224,7 @@ class _StagedNet(PoolFcNet):
     """
 
     def _finish_init(self) -> None:
-        init_weights(self)
+        init_he(self)  # the init of resnet_cifar: He fan-out convolutions, unit BN
         for m in self.modules():  # cells keep their own init (see ConvCell.reset_parameters)
             if isinstance(m, ConvCell):
                 m.reset_parameters()

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
 from ..layers.norm import get_norm_layer
 from ..registry import register_model
-from .base import PoolFcNet
+from .base import PoolFcNet, init_he
 from .papers import HE_2016, HU_2018
 
 # name -> (bn_after_add, final_relu). "Variants are data": the block reads two flags.
@@ -88,23 +88,11 @@ class CifarResNet(PoolFcNet):
         self.stages = nn.Sequential(*stages)
         self.num_features = in_channels
         self.fc = nn.Linear(in_channels, num_classes)
-        init_weights(self)
+        init_he(self)  # He fan-out convolutions, unit BN: the ResNet reference code's init
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))  # (B, 16, H, W)
         return self.stages(x)                    # (B, 64, H/4, W/4)
-
-
-def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convolutions, unit-scale BN, as in the ResNet reference code."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _cifar_resnet(depth: int, se: bool) -> Callable[..., CifarResNet]:

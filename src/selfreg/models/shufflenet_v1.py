@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import PoolFcNet
-from .resnet_cifar import init_weights  # He fan-out convs, unit BN: the shared initialiser
+from .base import PoolFcNet, init_he
 
 STAGE2_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 STAGE_UNITS = (4, 8, 4)
@@ -80,7 +79,7 @@ class ShuffleNetV1(PoolFcNet):
         self.features = nn.Sequential(layers)                 # (B, 960, H/32, W/32) for g=3
         self.num_features = chans
         self.fc = nn.Linear(chans, num_classes)
-        init_weights(self)
+        init_he(self)  # He fan-out convolutions, unit BN
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
