@@ -66,6 +66,7 @@ from torchvision.models.resnet import Bottleneck
 
 from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
+from ..layers.basic_block import BasicBlock
 from ..layers.convrnn import REGULATORS, ConvCell, resolve_regulator
 from ..layers.norm import get_norm_layer
 from ..layers.taps import record_outputs
@@ -73,7 +74,6 @@ from ..layers.shortcut import projection
 from ..registry import register_model
 from .base import PoolFcNet, init_he
 from .papers import HE_2016, XU_2022
-from .resnet_cifar import BasicBlock
 
 RECURRENT_STATES = ("normalized", "raw")
 STRIDE_ON = ("3x3", "1x1")
@@ -251,8 +251,9 @@ class RRNetCifar(_StagedNet):
     """CIFAR RegNet (Table II): stem 3x3/16, three stages of n blocks (16/32/64), pool, FC.
 
     A stage listed in `regulated_stages` (counting from 1; None: all) has a `regulator` cell and
-    RegBasicBlocks; any other stage is plain `resnet_cifar.BasicBlock`s, the very blocks
-    of ResNet-(6n+2), so `regulator=None` gives ResNet-(6n+2) (same parameters and keys).
+    RegBasicBlocks; any other stage is plain `BasicBlock`s (`selfreg.layers.basic_block`), the
+    very blocks of `resnet_cifar`'s ResNet-(6n+2), so `regulator=None` gives ResNet-(6n+2)
+    (same parameters and keys).
     """
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3,
