@@ -41,12 +41,14 @@ Choices where the paper is ambiguous (constructor arguments where the alternativ
   example of Eq. 2-3 (`regulator=` picks another).
 - SE (Fig. 3): on the residual branch, after the last BN and before the addition, as in SE-ResNet.
 
-Counts against the paper (benchmarks/param_table.py, tests/test_regnet.py): every CIFAR
-count is within 15% (most within 6%); our increases sit a constant ~6K below Table I's
-for both cell forms while the full-minus-light difference matches to 0.2%, so the gap lies
-outside the cells. `rrnet50` has 28.1M parameters and 4.56 GMACs against the paper's 31.3M
-and 5.12G (-10%, -11%): its additions are mostly Eq. 3's 1x1 fusion convolutions (2N^2 per
-block), which we keep as written rather than inflate to the paper's unexplained +4.7M.
+Counts against the paper: `python benchmarks/param_table.py` prints each model's increase
+over its baseline next to the paper's, with a result per row (pass, FAIL, or paper
+inconsistent where the paper contradicts itself); docs/regnet.md shows the table and
+tests/test_regnet.py asserts every row's result. Not every row passes: our increases fall
+below Table I's (light and full) and Table IV's RegNet-56 LSTM; Table I's difference, full
+minus light, matches, so that gap lies outside the cells. `rrnet50`'s additions are mostly
+Eq. 3's 1x1 fusion convolutions (2N^2 per block), which we keep as written rather than
+inflate to the paper's +4.7M, which no cell explains.
 
 Feature maps for the paper's Fig. 1: every regulated block has identity submodules
 `tap_input` (I, the cell's input X2), `tap_state` (H, after BN and ReLU) and `tap_output`
@@ -91,8 +93,8 @@ def fuse(conv: nn.Conv2d, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """conv(cat([x, h], 1)) for a bias-free 1x1 `conv`, as conv(x, W_x) + conv(h, W_h).
 
     The split weight does the same sum without materialising the concatenation (a copy
-    of 2N channels per block, and its gradient); measurably faster on the CPU
-    (benchmarks/step_time.py). Parameters and state-dict keys are those of `conv`.
+    of 2N channels per block, and its gradient); for timings see the step_time section of
+    docs/performance.md. Parameters and state-dict keys are those of `conv`.
     """
     n = x.shape[1]
     return F.conv2d(x, conv.weight[:, :n]) + F.conv2d(h, conv.weight[:, n:])
