@@ -8,9 +8,10 @@ from selfreg.analysis.regnet_checks import (PAPER_ROWS, Printed, Row, compare, m
                                             stage_sums, summary)
 from selfreg.complexity import count_parameters
 from selfreg.errors import UserError
+from selfreg.layers.basic_block import BasicBlock
 from selfreg.layers.convrnn import ConvCell, ConvLSTM
-from selfreg.models.regnet import XU_2022, RegStage, RRNetImageNet
-from selfreg.models.resnet_cifar import BasicBlock
+from selfreg.models.papers import XU_2022
+from selfreg.models.regnet import RegStage, RRNetImageNet
 
 RRNETS = list_models("rrnet*") + list_models("se_rrnet*")
 INPUT_SIZE = {"rrnet50": 64}  # the exceptions to 32x32: ImageNet nets get a small input

@@ -4,7 +4,7 @@ import torch
 from selfreg import create_model
 from selfreg.complexity import count_macs, count_parameters
 from selfreg.errors import UserError
-from selfreg.models.resnet_cifar import BLOCK_VARIANTS
+from selfreg.layers.basic_block import BLOCK_VARIANTS
 
 # He et al. (2016), option A, 10 classes: exact counts of the reference implementation.
 EXPECTED_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}

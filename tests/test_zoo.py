@@ -199,3 +199,35 @@ def test_larger_variants_name_a_default_sibling_of_their_family():
     for name, sibling in LARGER_VARIANT.items():
         assert sibling not in LARGER_VARIANT
         assert model_entry(name).meta["family"] == model_entry(sibling).meta["family"]
+
+
+def test_model_files_take_shared_pieces_from_one_place():
+    """Helpers live once (models/base.py, models/papers.py, layers/): no model file imports
+    from a sibling model file; the zoo, the table of models, imports from the family files
+    only the classes it registers (and uses adapt.py, its own helpers)."""
+    import ast
+    import importlib
+
+    shared = {"base", "papers"}
+    for path in sorted((REPO / "src" / "selfreg" / "models").glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1:
+                siblings = [node.module] if node.module else [a.name for a in node.names]
+            elif node.level == 0 and (node.module or "").startswith("selfreg.models."):
+                siblings = [node.module.split(".")[2]]
+            else:
+                continue
+            for sibling in siblings:
+                if sibling in shared or (path.stem == "zoo" and sibling == "adapt"):
+                    continue
+                where = f"{path.name} imports from {sibling}.py"
+                assert path.stem == "zoo" and node.module == sibling, where
+                module = importlib.import_module(f"selfreg.models.{sibling}")
+                for alias in node.names:
+                    obj = getattr(module, alias.name)
+                    assert isinstance(obj, type) and issubclass(obj, torch.nn.Module), \
+                        f"{where}: {alias.name} is a helper; shared helpers belong in base.py or papers.py"

@@ -45,10 +45,8 @@ above, kept as `GateConv.reference` and each cell's `reference_forward`):
   candidate, which depends on r * H.
 - Activations: ConvGRU applies one sigmoid to both of its gates and updates the state with
   one `lerp` ((1 - z) * H + z * n); ConvLSTM forms f * C + i * g with one `addcmul`.
-On the project's shared 2-core CPU this cut RegNet-20's light ConvGRU training step by
-about a sixth against the formulation as written (ConvLSTM: a few percent) and made the
-light form cheaper than the full one; benchmarks/step_time.py prints both side by side and
-docs/performance.md holds its latest output.
+For timings of both formulations, and of the light form against the full one, see the
+step_time section of docs/performance.md (benchmarks/step_time.py).
 
 Each cell: `forward(x, state) -> (h, new_state)`, `init_state(x)` -> zeros like `x`.
 """

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .base import ClassifierNet, he_normal_
+
 # Inputs up to this side get the small-input adaptation (MNIST 28, CIFAR 32, STL-ish 64 crops).
 SMALL_INPUT_MAX = 64
 # Patch size of ViTs and MLPs on small inputs: 8x8 = 64 tokens at 32x32, 7x7 at 28x28.
@@ -32,7 +34,7 @@ def is_small(img_size: int) -> bool:
     return img_size <= SMALL_INPUT_MAX
 
 
-class FeaturesHead(nn.Module):
+class FeaturesHead(ClassifierNet):
     """A torchvision classifier as `features` and `head`: the surface of timm's models and ours."""
 
     def __init__(self, features: nn.Module, head: nn.Module, num_features: int):
@@ -47,24 +49,17 @@ class FeaturesHead(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def pick(model: nn.Module, names: Sequence[str]) -> nn.Sequential:
     """The named children of `model`, in order, keeping their names (`features.conv1`, ...)."""
     return nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
 
 
-def he_init(weight: torch.Tensor) -> None:
-    """He (fan-out) init, the one timm and torchvision give the convolutions we replace."""
-    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
-
-
-def replace_conv(model: nn.Module, path: str, init: Callable[[torch.Tensor], None] = he_init,
+def replace_conv(model: nn.Module, path: str, init: Callable[[torch.Tensor], None] = he_normal_,
                  **changes) -> nn.Conv2d:
     """Replace the Conv2d at dotted `path` by a fresh one with `changes` applied to its arguments
-    (in_channels, kernel_size, stride, padding), initialised with `init`."""
+    (in_channels, kernel_size, stride, padding), initialised with `init` (by default He fan-out,
+    the init timm and torchvision give the convolutions we replace)."""
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     old = getattr(parent, attr)

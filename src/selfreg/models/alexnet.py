@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-KRIZHEVSKY_2012 = "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks, NIPS 2012"
+from .base import ClassifierNet, init_normal
 
 
 def local_response_norm() -> nn.LocalResponseNorm:
@@ -31,7 +31,7 @@ def local_response_norm() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(size, alpha=size * alpha, beta=0.75, k=2.0)
 
 
-class AlexNet(nn.Module):
+class AlexNet(ClassifierNet):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, groups: int = 2, drop_rate: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -62,23 +62,14 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
-        init_weights(self)
+        # The paper's init: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the two hidden
+        # fully connected layers ("positive inputs to the ReLUs" early in training), 0 elsewhere.
+        conv2, conv4, conv5 = self.features[4], self.features[10], self.features[12]
+        fc6, fc7 = self.classifier[1], self.classifier[4]
+        init_normal(self, std=0.01, bias_one=(conv2, conv4, conv5, fc6, fc7))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def init_weights(model: nn.Module) -> None:
-    """The paper's init: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the two hidden
-    fully connected layers ("positive inputs to the ReLUs" early in training), 0 elsewhere."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    ones = {1, 3, 4, 5, 6}  # conv2, conv4, conv5, fc6, fc7 in order of construction
-    for i, m in enumerate(layers):
-        nn.init.normal_(m.weight, std=0.01)
-        nn.init.constant_(m.bias, 1.0 if i in ones else 0.0)

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-
-HUANG_2017 = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
+from .base import PoolFcNet, init_he
 
 
 def bn_relu_conv(in_chans: int, out_chans: int, kernel_size: int, drop_rate: float) -> nn.Sequential:
@@ -43,7 +42,7 @@ class DenseBlock(nn.Module):
         return torch.cat(features, dim=1)
 
 
-class CifarDenseNet(nn.Module):
+class CifarDenseNet(PoolFcNet):
     def __init__(self, depth: int = 40, growth_rate: int = 12, num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0):
         super().__init__()
@@ -62,26 +61,8 @@ class CifarDenseNet(nn.Module):
         self.features = nn.Sequential(*stages)                    # (B, 16 + 3nk, H/4, W/4)
         self.num_features = chans
         self.fc = nn.Linear(chans, num_classes)
-        init_weights(self)
+        # He fan-out convolutions, BN scale 1, linear bias 0: the authors' Torch code (from fb.resnet.torch).
+        init_he(self, zero_linear_bias=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convolutions, as in the authors' Torch code (from fb.resnet.torch);
-    BN scale 1, linear bias 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)

@@ -17,9 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-
-LENET_BN = ("LeCun et al., Gradient-Based Learning Applied to Document Recognition, 1998; with BN of "
-            "Ioffe & Szegedy, ICML 2015 (as in Dive into Deep Learning, sec. 8.5)")
+from .base import ClassifierNet
 
 
 def feature_size(img_size: int) -> int:
@@ -32,7 +30,7 @@ def feature_size(img_size: int) -> int:
     return side
 
 
-class LeNetBN(nn.Module):
+class LeNetBN(ClassifierNet):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
                  act_layer: Callable[[], nn.Module] = nn.Sigmoid):
         super().__init__()
@@ -56,6 +54,3 @@ class LeNetBN(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

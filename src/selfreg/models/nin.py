@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LIN_2014 = "Lin et al., Network In Network, ICLR 2014"
+from .base import ClassifierNet, init_he
 
 
 def mlpconv(in_chans: int, widths: tuple[int, int, int], kernel_size: int, last_relu: bool = True) -> nn.Sequential:
@@ -31,7 +31,7 @@ def mlpconv(in_chans: int, widths: tuple[int, int, int], kernel_size: int, last_
     return nn.Sequential(*layers)
 
 
-class NiN(nn.Module):
+class NiN(ClassifierNet):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -45,21 +45,10 @@ class NiN(nn.Module):
         self.num_features = 192
         # The classifier is the third mlpconv: its last 1x1 conv outputs one map per class.
         self.head = mlpconv(192, (192, 192, num_classes), 3, last_relu=False)
-        init_weights(self)
+        init_he(self, mode="fan_in")  # the paper sets initial weights by hand and does not list them
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x).mean(dim=(2, 3))                  # (B, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def init_weights(model: nn.Module) -> None:
-    """He (fan-in) init: the paper sets initial weights by hand and does not list them."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)

@@ -41,12 +41,14 @@ Choices where the paper is ambiguous (constructor arguments where the alternativ
   example of Eq. 2-3 (`regulator=` picks another).
 - SE (Fig. 3): on the residual branch, after the last BN and before the addition, as in SE-ResNet.
 
-Counts against the paper (benchmarks/param_table.py, tests/test_regnet.py): every CIFAR
-count is within 15% (most within 6%); our increases sit a constant ~6K below Table I's
-for both cell forms while the full-minus-light difference matches to 0.2%, so the gap lies
-outside the cells. `rrnet50` has 28.1M parameters and 4.56 GMACs against the paper's 31.3M
-and 5.12G (-10%, -11%): its additions are mostly Eq. 3's 1x1 fusion convolutions (2N^2 per
-block), which we keep as written rather than inflate to the paper's unexplained +4.7M.
+Counts against the paper: `python benchmarks/param_table.py` prints each model's increase
+over its baseline next to the paper's, with a result per row (pass, FAIL, or paper
+inconsistent where the paper contradicts itself); docs/regnet.md shows the table and
+tests/test_regnet.py asserts every row's result. Not every row passes: our increases fall
+below Table I's (light and full) and Table IV's RegNet-56 LSTM; Table I's difference, full
+minus light, matches, so that gap lies outside the cells. `rrnet50`'s additions are mostly
+Eq. 3's 1x1 fusion convolutions (2N^2 per block), which we keep as written rather than
+inflate to the paper's +4.7M, which no cell explains.
 
 Feature maps for the paper's Fig. 1: every regulated block has identity submodules
 `tap_input` (I, the cell's input X2), `tap_state` (H, after BN and ReLU) and `tap_output`
@@ -66,14 +68,14 @@ from torchvision.models.resnet import Bottleneck
 
 from ..errors import UserError
 from ..layers import SqueezeExcite, make_shortcut
+from ..layers.basic_block import BasicBlock
 from ..layers.convrnn import REGULATORS, ConvCell, resolve_regulator
 from ..layers.norm import get_norm_layer
 from ..layers.taps import record_outputs
 from ..layers.shortcut import projection
 from ..registry import register_model
-from .resnet_cifar import HE_2016, BasicBlock, init_weights
-
-XU_2022 = "Xu et al., RegNet: Self-Regulated Network for Image Classification, TNNLS 2022"
+from .base import PoolFcNet, init_he
+from .papers import HE_2016, XU_2022
 
 RECURRENT_STATES = ("normalized", "raw")
 STRIDE_ON = ("3x3", "1x1")
@@ -91,8 +93,8 @@ def fuse(conv: nn.Conv2d, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """conv(cat([x, h], 1)) for a bias-free 1x1 `conv`, as conv(x, W_x) + conv(h, W_h).
 
     The split weight does the same sum without materialising the concatenation (a copy
-    of 2N channels per block, and its gradient); measurably faster on the CPU
-    (benchmarks/step_time.py). Parameters and state-dict keys are those of `conv`.
+    of 2N channels per block, and its gradient); for timings see the step_time section of
+    docs/performance.md. Parameters and state-dict keys are those of `conv`.
     """
     n = x.shape[1]
     return F.conv2d(x, conv.weight[:, :n]) + F.conv2d(h, conv.weight[:, n:])
@@ -217,17 +219,14 @@ def _check_stages(regulated_stages: tuple[int, ...] | None, num_stages: int) -> 
     return frozenset(regulated_stages)
 
 
-class _StagedNet(nn.Module):
-    """The model surface both families share: forward = forward_head(forward_features(x)).
+class _StagedNet(PoolFcNet):
+    """What both families share besides the surface: the init, and `forward_intermediates`.
 
-    Each family defines forward_features, forward_head and stage_modules (its stages in order).
+    Each family defines forward_features and stage_modules (its stages in order).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def _finish_init(self) -> None:
-        init_weights(self)
+        init_he(self)  # the init of resnet_cifar: He fan-out convolutions, unit BN
         for m in self.modules():  # cells keep their own init (see ConvCell.reset_parameters)
             if isinstance(m, ConvCell):
                 m.reset_parameters()
@@ -254,8 +253,9 @@ class RRNetCifar(_StagedNet):
     """CIFAR RegNet (Table II): stem 3x3/16, three stages of n blocks (16/32/64), pool, FC.
 
     A stage listed in `regulated_stages` (counting from 1; None: all) has a `regulator` cell and
-    RegBasicBlocks; any other stage is plain `resnet_cifar.BasicBlock`s, the very blocks
-    of ResNet-(6n+2), so `regulator=None` gives ResNet-(6n+2) (same parameters and keys).
+    RegBasicBlocks; any other stage is plain `BasicBlock`s (`selfreg.layers.basic_block`), the
+    very blocks of `resnet_cifar`'s ResNet-(6n+2), so `regulator=None` gives ResNet-(6n+2)
+    (same parameters and keys).
     """
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3,
@@ -291,9 +291,6 @@ class RRNetCifar(_StagedNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))  # (B, 16, H, W)
         return self.stages(x)                    # (B, 64, H/4, W/4)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 class RRNetImageNet(_StagedNet):
@@ -347,9 +344,6 @@ class RRNetImageNet(_StagedNet):
         for stage in self.stage_modules():
             x = stage(x)
         return x                                                  # (B, 2048, H/32, W/32)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 # ---------------------------------------------------------------- registrations

@@ -4,8 +4,8 @@ Options:
 - `shortcut`: "A" (zero-padded identity, the paper's CIFAR choice, no parameters) or
   "B" (1x1 projection + BN where shapes change).
 - `block`: one of the four building-block variants of the Torch reproduction study
-  (see `BLOCK_VARIANTS`): where BN sits relative to the addition, and whether a ReLU
-  follows it.
+  (see `selfreg.layers.basic_block.BLOCK_VARIANTS`): where BN sits relative to the
+  addition, and whether a ReLU follows it.
 - `se_reduction`: squeeze-and-excitation on the residual branch before the addition
   (SE-ResNet; the RegNet paper of Xu et al. uses r = 8). `None` disables it.
 """
@@ -16,54 +16,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..layers import SqueezeExcite, make_shortcut
+from ..layers.basic_block import BasicBlock
 from ..layers.norm import get_norm_layer
 from ..registry import register_model
-
-# name -> (bn_after_add, final_relu). "Variants are data": the block reads two flags.
-BLOCK_VARIANTS: dict[str, tuple[bool, bool]] = {
-    "relu_bn_before_add": (False, True),     # He et al.'s block: BN, add, ReLU
-    "norelu_bn_before_add": (False, False),  # no ReLU after the addition
-    "relu_bn_after_add": (True, True),       # add, BN, ReLU
-    "norelu_bn_after_add": (True, False),    # add, BN
-}
+from .base import PoolFcNet, init_he
+from .papers import HE_2016, HU_2018
 
 
-def block_flags(variant: str) -> tuple[bool, bool]:
-    try:
-        return BLOCK_VARIANTS[variant]
-    except KeyError:
-        raise UserError(f"unknown block variant {variant!r}; valid: {', '.join(BLOCK_VARIANTS)}") from None
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions and a shortcut; the first convolution carries the stride."""
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, shortcut: str = "A",
-                 block: str = "relu_bn_before_add", se_reduction: int | None = None,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
-        super().__init__()
-        self.bn_after_add, self.final_relu = block_flags(block)
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = norm_layer(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        # One BN either inside the branch or after the addition: the same parameter count.
-        self.bn2 = norm_layer(channels)
-        self.se = SqueezeExcite(channels, se_reduction) if se_reduction else nn.Identity()
-        self.shortcut = make_shortcut(shortcut, in_channels, channels, stride, norm_layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
-        if self.bn_after_add:
-            out = self.bn2(self.se(out) + self.shortcut(x))
-        else:
-            out = self.se(self.bn2(out)) + self.shortcut(x)
-        return torch.relu(out) if self.final_relu else out
-
-
-class CifarResNet(nn.Module):
+class CifarResNet(PoolFcNet):
     """Stem (3x3, 16) -> three stages of `n` blocks -> global average pool -> FC."""
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3,
@@ -86,33 +46,11 @@ class CifarResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = in_channels
         self.fc = nn.Linear(in_channels, num_classes)
-        init_weights(self)
+        init_he(self)  # He fan-out convolutions, unit BN: the ResNet reference code's init
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))  # (B, 16, H, W)
         return self.stages(x)                    # (B, 64, H/4, W/4)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convolutions, unit-scale BN, as in the ResNet reference code."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-HE_2016 = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
-SE_2018 = "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018"
 
 
 def _cifar_resnet(depth: int, se: bool) -> Callable[..., CifarResNet]:
@@ -132,5 +70,5 @@ def _cifar_resnet(depth: int, se: bool) -> Callable[..., CifarResNet]:
 for _depth in (20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}", input_size=32, paper=HE_2016, source="selfreg",
                    family="resnet", accepts=("norm_layer",))(_cifar_resnet(_depth, se=False))
-    register_model(f"se_resnet{_depth}", input_size=32, paper=SE_2018, source="selfreg",
+    register_model(f"se_resnet{_depth}", input_size=32, paper=HU_2018, source="selfreg",
                    family="se_resnet", accepts=("norm_layer",))(_cifar_resnet(_depth, se=True))

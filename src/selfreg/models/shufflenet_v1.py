@@ -21,10 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .resnet_cifar import init_weights  # He fan-out convs, unit BN: the shared initialiser
-
-ZHANG_2018 = ("Zhang et al., ShuffleNet: An Extremely Efficient Convolutional Neural Network for "
-              "Mobile Devices, CVPR 2018")
+from .base import PoolFcNet, init_he
 
 STAGE2_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 STAGE_UNITS = (4, 8, 4)
@@ -63,7 +60,7 @@ class ShuffleUnit(nn.Module):
         return torch.relu(out + x)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(PoolFcNet):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, groups: int = 3):
         super().__init__()
         if groups not in STAGE2_WIDTH:
@@ -82,13 +79,7 @@ class ShuffleNetV1(nn.Module):
         self.features = nn.Sequential(layers)                 # (B, 960, H/32, W/32) for g=3
         self.num_features = chans
         self.fc = nn.Linear(chans, num_classes)
-        init_weights(self)
+        init_he(self)  # He fan-out convolutions, unit BN
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -26,13 +26,22 @@ from typing import Any, Callable
 from torch import nn
 
 from ..registry import register_model
+
+# The zoo is the table of models: it imports the classes of the families that live in their
+# own files (alexnet.py, nin.py, ...) to register them, and nothing else from them; shared
+# helpers (the model surface, initialisers, citations) come from base.py and papers.py, and
+# adapt.py is the zoo's own (library models on our surface, small-input stems).
 from . import adapt
 from .adapt import SMALL_PATCH, FeaturesHead, is_small, pick, replace_conv
-from .alexnet import KRIZHEVSKY_2012, AlexNet
-from .densenet_cifar import HUANG_2017, CifarDenseNet
-from .lenet import LENET_BN, LeNetBN
-from .nin import LIN_2014, NiN
-from .shufflenet_v1 import ZHANG_2018, ShuffleNetV1
+from .alexnet import AlexNet
+from .densenet_cifar import CifarDenseNet
+from .lenet import LeNetBN
+from .nin import NiN
+from .papers import (CHOLLET_2017, DOSOVITSKIY_2021, HE_2016, HOWARD_2017, HU_2018, HUANG_2017, IANDOLA_2016,
+                     KRIZHEVSKY_2012, LECUN_1998_BN, LIN_2014, LIU_2021, MA_2018, REDMON_2018, SANDLER_2018,
+                     SIMONYAN_2015, SZEGEDY_2015, SZEGEDY_2016, TAN_2019, TAN_2021, TOLSTIKHIN_2021, TOUVRON_2021,
+                     XIE_2017, ZHANG_2018)
+from .shufflenet_v1 import ShuffleNetV1
 
 Build = Callable[..., nn.Module]  # (num_classes, in_chans, img_size, **kwargs) -> model
 
@@ -135,33 +144,6 @@ def split_squeezenet(m: nn.Module) -> FeaturesHead:
     return FeaturesHead(m.features, nn.Sequential(*m.classifier, nn.Flatten(1)), m.classifier[1].in_channels)
 
 
-# --- papers -------------------------------------------------------------------------------
-
-SIMONYAN_2015 = ("Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition, "
-                 "ICLR 2015")
-SZEGEDY_2015 = "Szegedy et al., Going Deeper with Convolutions, CVPR 2015"
-SZEGEDY_2016 = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
-HE_2016 = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
-XIE_2017 = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017"
-HU_2018 = "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018"
-HOWARD_2017 = ("Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision "
-               "Applications, 2017")
-SANDLER_2018 = "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018"
-MA_2018 = "Ma et al., ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, ECCV 2018"
-IANDOLA_2016 = ("Iandola et al., SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB "
-                "model size, 2016")
-CHOLLET_2017 = "Chollet, Xception: Deep Learning with Depthwise Separable Convolutions, CVPR 2017"
-REDMON_2018 = "Redmon & Farhadi, YOLOv3: An Incremental Improvement, 2018 (Darknet-53)"
-TAN_2019 = "Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019"
-TAN_2021 = "Tan & Le, EfficientNetV2: Smaller Models and Faster Training, ICML 2021"
-DOSOVITSKIY_2021 = ("Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image Recognition at "
-                    "Scale, ICLR 2021")
-TOLSTIKHIN_2021 = "Tolstikhin et al., MLP-Mixer: An all-MLP Architecture for Vision, NeurIPS 2021"
-TOUVRON_2021 = ("Touvron et al., ResMLP: Feedforward Networks for Image Classification with Data-Efficient "
-                "Training, 2021")
-LIU_2021 = "Liu et al., Pay Attention to MLPs, NeurIPS 2021 (gMLP)"
-
-
 # --- the table ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -196,7 +178,7 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("alexnet", selfreg_model(AlexNet), 227, "alexnet", KRIZHEVSKY_2012, "alexnet.yaml", adapt.alexnet_stem),
     *(_vgg(depth, bn) for depth in (11, 13, 16, 19) for bn in (False, True)),
     ZooModel("nin", selfreg_model(NiN), 32, "nin", LIN_2014, "nin.yaml"),
-    ZooModel("lenet_bn", selfreg_model(LeNetBN, sized=True), 28, "lenet", LENET_BN, "lenet_bn.yaml"),
+    ZooModel("lenet_bn", selfreg_model(LeNetBN, sized=True), 28, "lenet", LECUN_1998_BN, "lenet_bn.yaml"),
     # dropout 0.4: the paper's (torchvision's default is 0.2); no auxiliary classifiers.
     ZooModel("googlenet", torchvision_model("googlenet", "features.conv1.conv", split_googlenet, aux_logits=False,
                                             transform_input=False, init_weights=True, dropout=0.4),
