@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m selfreg train configs/demo.yaml
 
+# One pytest-xdist worker per core, each computing on one thread (tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 # Regenerates docs/performance.md (tens of minutes on a 2-core CPU; GPU parts skip without CUDA).
 bench: $(STAMP)
