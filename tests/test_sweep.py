@@ -239,10 +239,10 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
 @pytest.mark.slow
 def test_parallel_sweep_runs_processes_and_logs(tmp_path):
     path = write_recipe(tmp_path)
-    proc = run_cli("sweep", path, "--parallel", "2", "-o", tmp_path / "sw")
+    proc = run_cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for label in ("resnet20", "rrnet20_gru"):
-        for seed in (0, 1):
+        for seed in (0,):
             assert (tmp_path / "sw" / label / f"s{seed}" / "summary.json").is_file()
             assert (tmp_path / "sw" / "logs" / f"{label}-s{seed}.log").is_file()
     report = run_cli("report", tmp_path / "sw")

@@ -11,8 +11,8 @@ from selfreg.train.bn import BNMomentum
 from selfreg.train.checkpoint import load_checkpoint, load_model_state
 from selfreg.train.engine import TrainingDiverged, fit, fit_seeds
 
-TINY = ["data.image_size=8", "train.epochs=1", "data.batch_size=128", "model.name=resnet20",
-        "train.threads=2", "train.plot=false", "train.progress=none"]
+TINY = ["data.image_size=8", "data.subset=256", "train.epochs=1", "data.batch_size=128", "model.name=resnet20",
+        "train.threads=1", "train.plot=false", "train.progress=none"]
 quiet = dict(log=lambda s: None)
 
 
