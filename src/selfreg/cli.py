@@ -17,7 +17,6 @@ from .errors import UserError
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config, resume_config
-    from .train.engine import Interrupted, fit, fit_seeds
 
     if args.resume:
         # `selfreg train --resume RUN [overrides]`; a recipe argument is read as an override.
@@ -28,6 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise UserError("pass a YAML recipe (selfreg train configs/demo.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
+    from .train.engine import Interrupted, fit, fit_seeds   # after the config: its errors come at once
+
     try:
         if args.seeds:
             fit_seeds(cfg, parse_seeds(args.seeds))
