@@ -284,9 +284,11 @@ def test_export_parity_onnx_and_torchscript(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPORT_MODELS)
+@pytest.mark.parametrize("name", ["rrnet20_gru"])
 def test_export_parity_onnx_dynamo(name, tmp_path):
-    """The dynamo exporter (the default, ~10-20 s per model on 2 cores)."""
+    """The dynamo exporter (the default, ~10-20 s per model on 2 cores): the regulated model, whose
+    cells are the unusual part; every EXPORT_MODELS entry goes through legacy ONNX and TorchScript
+    in test_export_parity_onnx_and_torchscript."""
     pytest.importorskip("onnxruntime")
     from selfreg.use.export import export
 
