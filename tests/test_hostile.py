@@ -14,7 +14,6 @@ import yaml
 
 import dataset_writers as w
 from selfreg import create_model
-from selfreg.analysis.report import build_report
 from selfreg.cli import main
 from selfreg.config import load_config
 from selfreg.data import build_dataset

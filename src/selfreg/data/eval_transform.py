@@ -25,9 +25,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
-from .transforms import Fn, Pipeline, channel_stages
 from .images import to_uint8
-from .transforms import presets_fix_size
+from .transforms import Fn, Pipeline, channel_stages, presets_fix_size
 
 # The `imagenet` preset's eval crop: 224 of 256 (data/transforms.py `_imagenet`).
 CROP_FRACTION = 0.875

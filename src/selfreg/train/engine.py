@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..version import __version__
 from .. import provenance
 from ..complexity import count_parameters
 from ..config import Config, changed_keys, load_config, save_config
@@ -34,6 +33,7 @@ from ..data.datasets import data_source
 from ..errors import UserError
 from ..factory import create_model
 from ..stats import mean_std
+from ..version import __version__
 from . import autotune
 from .precision import make_autocast  # noqa: F401  (also the engine's API, e.g. benchmarks/framework_tax.py)
 from . import distributed as dist_utils
@@ -41,9 +41,8 @@ from .bn import BNMomentum
 from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
                          save_checkpoint, set_rng_state)
 from .checks import check_config
-from .logging import MetricsCSV, Progress, TensorBoard, plot_curves
+from .logging import MetricsCSV, Progress, TensorBoard, plot_curves, read_metrics
 from .optim import SAM, build_optimizer, build_scheduler
-from .logging import read_metrics
 
 
 class TrainingDiverged(UserError):
@@ -92,6 +91,7 @@ class StepOptions:
 
 class StopFlag:
     """Set by SIGINT/SIGTERM; checked between steps so a step is never cut in half."""
+
     def __init__(self):
         self.requested = False
         self.signal_name = ""
@@ -300,6 +300,7 @@ def make_ema(model: nn.Module, decay: float):
 
 class Run:
     """Everything one training run holds, built from a Config (optionally from a checkpoint)."""
+
     def __init__(self, cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print):
         # Check first, write last: every name, the output folder and the checkpoint to resume
         # from are checked before data or models are built, and nothing is written until then.

@@ -25,13 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from .trained import Trained
 from ..config import DataConfig, from_dict, parse_override, set_dotted
-from ..data.datasets import Transformed, select
-from ..data.datasets import build_dataset
+from ..data.datasets import Transformed, build_dataset, select
 from ..data.loader import LOADERS, choose_loader
-from .trained import run_dir_of
+from ..errors import UserError
+from .trained import Trained, run_dir_of
 
 SPLITS = ("train", "val", "test")
 
