@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from procs import REPO, selfreg  # noqa: F401  (REPO is imported from here by the test modules)
+from procs import REPO, selfreg, selfreg_in_process  # noqa: F401  (REPO is imported from here by the test modules)
 
 # Keep each test process to the machine's cores and deterministic CPU math: under
 # pytest-xdist (`make test` runs one worker per core) each worker computes on one thread.
@@ -17,4 +17,5 @@ def run_cli(*args, cwd=None, timeout=300, **kwargs):
 
 @pytest.fixture
 def cli():
-    return run_cli
+    """`selfreg ARGS` in this process (see procs.selfreg_in_process); `run_cli` for a real one."""
+    return selfreg_in_process

@@ -7,6 +7,7 @@ otherwise re-parent to init and keep their cores).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -67,3 +68,28 @@ def torchrun(nproc: int, *args, timeout: float = 300, **kwargs) -> subprocess.Co
     kwargs.setdefault("env", env_with_src(OMP_NUM_THREADS="1"))
     return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "selfreg", *args], timeout=timeout, **kwargs)
+
+
+def selfreg_in_process(*args, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """`selfreg ARGS` through `selfreg.cli.main` in this process, output captured.
+
+    For commands whose test is about what they print and return (errors, listings): the
+    model API is already imported here, where a child process would spend seconds importing
+    torch. The caller's working directory and torch thread count are restored.
+    """
+    import torch
+
+    from selfreg.cli import main
+
+    out, err, threads, here = io.StringIO(), io.StringIO(), torch.get_num_threads(), os.getcwd()
+    try:
+        os.chdir(cwd or REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:            # argparse errors and --version exit
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["selfreg", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -1,5 +1,7 @@
 import pytest
 
+from conftest import run_cli
+
 
 @pytest.mark.parametrize("args, message", [
     (["train", "nope.yaml"], "config file not found"),
@@ -34,3 +36,11 @@ def test_models_table(cli):
 def test_version(cli):
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("selfreg ")
+
+
+def test_a_real_process_says_one_line_and_exits_2():
+    """What the in-process tests above check, once through `python -m selfreg` itself."""
+    proc = run_cli("train", "nope.yaml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "config file not found" in proc.stderr
+    assert run_cli("--version").stdout.startswith("selfreg ")

@@ -183,16 +183,16 @@ def test_report_groups_any_folder_of_seeded_runs(tiny_sweep, tmp_path):
     assert {g.label: len(g.runs) for g in groups} == {"resnet20": 2, "rrnet20_gru": 2}
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(cli, tmp_path):
     for args in (["report", tmp_path / "nothing"], ["sweep", tmp_path / "missing.yaml"],
                  ["sweep", REPO / "configs/demo.yaml", "--smoke"]):
-        proc = run_cli(*args)
+        proc = cli(*args)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
-def test_cli_list_prints_runs_and_trains_nothing(tmp_path):
-    proc = run_cli("sweep", REPO / "configs/regnet/table3.yaml", "--list", "--only", "c10-rrnet*",
+def test_cli_list_prints_runs_and_trains_nothing(cli, tmp_path):
+    proc = cli("sweep", REPO / "configs/regnet/table3.yaml", "--list", "--only", "c10-rrnet*",
                    "--seeds", "0,1", "-o", tmp_path / "sw")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 6 and not (tmp_path / "sw").exists()

@@ -2,11 +2,10 @@
 
 Two tiny runs (ResNet-20 and RegNet-20/GRU, narrow, 1 epoch on 100 digits at 16 px) are
 trained once per module; each command is then run through the CLI's `main` in this process
-(`sel`, fast), and a few through a real `python -m selfreg` process (`cli`), bad inputs included.
+(`sel`, fast), and a few through a real `python -m selfreg` process (`run_cli`), bad inputs included.
 """
 import contextlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import torch
 from PIL import Image
 
 from selfreg import create_model
-from selfreg.cli import main
 from selfreg.config import load_config
 from selfreg.data import build_dataset
 from selfreg.data.eval_transform import EvalTransform
@@ -23,6 +21,7 @@ from selfreg.train.checkpoint import load_checkpoint, save_checkpoint
 from selfreg.train.engine import fit
 from selfreg.use import load_trained
 from selfreg.use.evaluate import class_map
+from conftest import run_cli, selfreg_in_process
 
 TINY = ["data.name=digits", "data.image_size=16", "data.subset=100", "data.val_fraction=50",
         "data.batch_size=50", "train.epochs=1", "train.threads=2", "train.tensorboard=false", "train.plot=false",
@@ -49,24 +48,10 @@ def digits_test(runs):
     return splits, splits.test.base.images, splits.test.base.labels
 
 
-@dataclass
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
-def sel(capsys):
+def sel():
     """`selfreg ARGS` in this process: exit code, stdout, stderr (no interpreter start per call)."""
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:           # argparse errors
-            code = exc.code
-        out = capsys.readouterr()
-        return Done(code, out.out, out.err)
-    return run
+    return selfreg_in_process
 
 
 def one_line_error(proc, *fragments):
@@ -182,14 +167,14 @@ def test_bad_checkpoints_are_one_line(sel, runs, tmp_path, command):
     one_line_error(sel(name, truncated, *rest), "not a readable selfreg checkpoint")
 
 
-def test_real_process(cli, runs, tmp_path):
+def test_real_process(runs, tmp_path):
     """Through `python -m selfreg`: a bad checkpoint is one line and exit 2; predict prints a table."""
     truncated = tmp_path / "cut.pt"
     truncated.write_bytes(runs["resnet"].read_bytes()[:5000])
-    one_line_error(cli("eval", truncated), "not a readable selfreg checkpoint")
+    one_line_error(run_cli("eval", truncated), "not a readable selfreg checkpoint")
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
-    proc = cli("predict", runs["resnet"], img)
+    proc = run_cli("predict", runs["resnet"], img)
     assert proc.returncode == 0 and "x.png" in proc.stdout, proc.stderr
 
 
