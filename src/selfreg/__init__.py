@@ -31,7 +31,7 @@ def _register_timm(_module=None) -> None:
 
 def _timm_imported(_module) -> None:
     if "selfreg.factory" not in sys.modules:      # else imported, or half-way: its own hook registers
-        from . import factory  # noqa: F401
+        __import__(f"{__name__}.factory")         # (the builtin: importing importlib would slow `import selfreg`)
     _register_timm()
 
 

@@ -14,20 +14,15 @@ waiting, the finder leaves `sys.meta_path`. The module keeps its real loader
 (`__loader__`, `__spec__.loader`), so resources and reloads behave as before.
 
 A hook that raises does not break the import that triggered it: the error becomes a
-warning naming the hook. Standard library only, imports nothing of selfreg's.
+warning naming the hook. It imports only `sys` (not even `typing`, 20 ms) and nothing of
+selfreg's: `import selfreg` imports it (a fraction of a millisecond).
 """
-from __future__ import annotations
 
 import sys
-import warnings
-from types import ModuleType
-from typing import Any, Callable
 
-Hook = Callable[[ModuleType], None]
-
-_waiting: dict[str, list[Hook]] = {}     # module name -> hooks to run once it is imported
-_running: set[str] = set()               # watched modules whose code is executing now
-_searching: set[str] = set()             # names the finder is looking up (no recursion)
+_waiting: dict[str, list] = {}         # module name -> hooks to run once it is imported
+_running: set[str] = set()             # watched modules whose code is executing now
+_searching: set[str] = set()           # names the finder is looking up (no recursion)
 
 
 def imported(name: str) -> bool:
@@ -35,7 +30,7 @@ def imported(name: str) -> bool:
     return name in sys.modules and name not in _running
 
 
-def when_imported(name: str, hook: Hook) -> None:
+def when_imported(name: str, hook) -> None:
     """Call `hook(module)` now if `name` is imported, else right after its import finishes."""
     if imported(name):
         _call(name, hook, sys.modules[name])
@@ -45,15 +40,17 @@ def when_imported(name: str, hook: Hook) -> None:
         sys.meta_path.insert(0, _FINDER)
 
 
-def _call(name: str, hook: Hook, module: ModuleType) -> None:
+def _call(name: str, hook, module) -> None:
     try:
         hook(module)
     except Exception as exc:  # an import elsewhere must not fail because of our hook
+        import warnings
+
         warnings.warn(f"selfreg: the hook run after importing {name} failed: {type(exc).__name__}: {exc}",
                       RuntimeWarning, stacklevel=2)
 
 
-def _finished(name: str, module: ModuleType) -> None:
+def _finished(name: str, module) -> None:
     hooks = _waiting.pop(name, [])
     if not _waiting and _FINDER in sys.meta_path:
         sys.meta_path.remove(_FINDER)
@@ -64,7 +61,7 @@ def _finished(name: str, module: ModuleType) -> None:
 class _Finder:
     """Answers for watched names only: the spec the other finders give, its loader wrapped."""
 
-    def find_spec(self, name: str, path: Any = None, target: Any = None):
+    def find_spec(self, name: str, path=None, target=None):
         if name not in _waiting or name in _searching:
             return None
         _searching.add(name)
@@ -82,7 +79,7 @@ class _Finder:
         pass
 
 
-def _ask(finder: Any, name: str, path: Any, target: Any):
+def _ask(finder, name: str, path, target):
     find = getattr(finder, "find_spec", None)
     return find(name, path, target) if find is not None else None
 
@@ -90,13 +87,13 @@ def _ask(finder: Any, name: str, path: Any, target: Any):
 class _Loader:
     """The real loader, with the hooks run after `exec_module`."""
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner):
         self.inner = inner
 
     def create_module(self, spec):
         return self.inner.create_module(spec)
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module) -> None:
         name = module.__name__
         module.__loader__ = self.inner             # the module sees its real loader from here on
         if module.__spec__ is not None:
