@@ -51,6 +51,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return list_pretrained(args.pattern)
     from .complexity import human
     from .analysis.model_table import markdown, measure
     from .factory import list_models, model_entry
@@ -72,6 +74,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<24} {params:>12,} {macs_text:>10} {f'{size}x{size}':>7}  {meta.get('source', '?')}")
     print(f"\n{len(names)} models; parameters with {args.num_classes} classes; "
           "MACs = forward multiply-adds for one image at the native input size.")
+    return 0
+
+
+def list_pretrained(pattern: str) -> int:
+    """`selfreg models --pretrained`: the shipped weights (reads the manifest only: no torch)."""
+    from .pretrained import available, load_manifest, table
+
+    if not load_manifest():
+        print("No pretrained weights ship with selfreg yet: build models untrained, or load a weights file "
+              "with selfreg.create_model(NAME, checkpoint=PATH).")
+        return 0
+    entries = available(pattern)
+    if not entries:
+        raise UserError(f"no shipped weights for a model matching {pattern!r}; try `selfreg models --pretrained`")
+    print("\n".join(table(entries)))
     return 0
 
 
@@ -226,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--table", action="store_true",
                         help="markdown page: params and MACs at 32x32 and native size, source, paper, "
                              "adaptation, recipe (`selfreg models --table > docs/zoo.md`)")
+    models.add_argument("--pretrained", action="store_true",
+                        help="list the weights that ship with selfreg: model, tag, val accuracy, sha256, file "
+                             "(load one with create_model(NAME, pretrained=TAG))")
     models.set_defaults(func=cmd_models)
 
     sweep = sub.add_parser("sweep", help="run a recipe's grid of configurations x seeds into one folder")

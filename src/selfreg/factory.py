@@ -4,6 +4,7 @@
     model = create_model("vit_tiny_patch4_32", img_size=32)      # passed on: the model declares it
     model = create_model("resnet20", img_size=32)                # not passed: any size works as built
     model = create_model("resnet20", checkpoint="runs/x/checkpoints/best.pt")
+    model = create_model("rrnet20_gru", pretrained="cifar10-budget")   # shipped weights (selfreg.pretrained)
 
 What a model takes besides num_classes and in_chans is declared when it registers
 (`register_model(..., accepts=("img_size", "norm_layer"))`, see `registry.SHARED_ARGS`).
@@ -19,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from . import models  # noqa: F401  (importing the package registers every model family)
+from . import pretrained as shipped
 from .errors import UserError
 from .registry import MODELS, Entry
 from .weightfiles import Loaded, load_model_state, read_model_file
@@ -40,14 +42,21 @@ def accepts(name: str, arg: str) -> bool:
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
-                 img_size: int | None = None, checkpoint: str | Path | None = None, **kwargs: Any) -> nn.Module:
+                 img_size: int | None = None, checkpoint: str | Path | None = None,
+                 pretrained: str | bool | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model by name (10 classes and 3 channels unless given).
 
     `img_size` reaches the builder only when the model declares it. With `checkpoint`
     (a run's `.pt` or an exported `.safetensors`), the model is built as the file says
     (classes, channels, builder arguments) and its weights are loaded; the file must hold
-    a `name` model. The result is then in eval mode.
+    a `name` model. `pretrained` does the same with weights that ship with selfreg: a tag
+    (`"cifar10-budget"`), or True for the model's default tag; None and False build it
+    untrained (timm and torch.hub pass booleans). Loaded from a file, the model is in eval mode.
     """
+    if pretrained is not None and pretrained is not False:
+        if checkpoint is not None:
+            raise UserError(f"pass either pretrained={pretrained!r} or checkpoint={str(checkpoint)!r}, not both")
+        return build_pretrained(name, pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if checkpoint is not None:
         return build_from_file(checkpoint, name=name, num_classes=num_classes, in_chans=in_chans,
                                **kwargs).model.eval()
@@ -97,7 +106,12 @@ def build_from_file(path: str | Path, name: str | None = None, num_classes: int 
     `kwargs` (optional) override the saved ones, e.g. to check a file against a build.
     """
     path = Path(path)
-    loaded = read_model_file(path)
+    return build_loaded(read_model_file(path), path, name, num_classes, in_chans, **kwargs)
+
+
+def build_loaded(loaded: Loaded, path: Path, name: str | None = None, num_classes: int | None = None,
+                 in_chans: int | None = None, **kwargs: Any) -> Built:
+    """`build_from_file` for a file already read (`read_model_file`)."""
     if name is not None and name != loaded.name:
         raise UserError(f"{path} holds a {loaded.name!r} model, not {name!r}; "
                         f"use create_model({loaded.name!r}, checkpoint=...)")
@@ -107,3 +121,26 @@ def build_from_file(path: str | Path, name: str | None = None, num_classes: int 
     model = _call_builder(loaded.name, args)
     load_model_state(model, loaded.weights, path)
     return Built(model, loaded, {k: v for k, v in args.items() if k not in ("num_classes", "in_chans")})
+
+
+def build_pretrained(name: str, tag: str | bool, num_classes: int | None = None, in_chans: int | None = None,
+                     **kwargs: Any) -> nn.Module:
+    """The model with the shipped weights `name:tag` (True: its default), in eval mode.
+
+    The file's sha256 is checked against the manifest first. A `num_classes` or `in_chans`
+    other than the weights' is a one-line error, not a silently re-initialised head: a
+    new head is a fine-tuning decision the caller makes on the loaded model.
+    """
+    model_entry(name)                                  # an unknown model name says so first
+    weights = shipped.resolve(name, tag)
+    path = shipped.verified_path(weights)
+    loaded = read_model_file(path)
+    if loaded.name != name:
+        raise UserError(f"{path} ({weights.label}) holds a {loaded.name!r} model: the manifest is wrong; "
+                        f"{shipped.REINSTALL}")
+    for arg, wanted, have in (("num_classes", num_classes, len(loaded.classes)),
+                              ("in_chans", in_chans, loaded.transform.channels)):
+        if wanted is not None and wanted != have:
+            raise UserError(f"the {weights.label} weights have {arg}={have}, not {wanted}; leave {arg} out "
+                            f"(or build {name!r} untrained with {arg}={wanted})")
+    return build_loaded(loaded, path, name, **kwargs).model.eval()

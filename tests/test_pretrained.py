@@ -1,0 +1,324 @@
+"""Shipped pretrained weights and the three ways in: create_model(pretrained=), torch.hub, timm.
+
+Nothing is trained: a registry of weights is built in tmp_path from seeded untrained models
+exported with `selfreg export`'s own code, and $SELFREG_PRETRAINED_DIR points at it (the
+package folder is never written). The real manifest (empty until weights are trained) is
+checked for shape, and each of its entries, when there are some, for file, sha256 and load.
+"""
+import hashlib
+import importlib.util
+import json
+import sys
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO
+from procs import env_with_src, run
+from selfreg import import_hooks, pretrained
+from selfreg.cli import main as cli_main
+from selfreg.data.eval_transform import EvalTransform
+from selfreg.entrypoints import TIMM_PREFIX, hub_names
+from selfreg.errors import UserError
+from selfreg.factory import create_model
+from selfreg.use.export import export
+from selfreg.use.trained import Trained
+
+TAG = "cifar10-budget"
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def export_untrained(folder, file, name="resnet20", seed=0, in_chans=3, size=32, data=None, classes=CLASSES):
+    """A seeded untrained model, written by `selfreg export --format safetensors`'s code."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10, in_chans=in_chans).eval()
+    spec = EvalTransform(size, in_chans, [0.5] * in_chans, [0.25] * in_chans)
+    trained = Trained(model, name, list(classes), spec, {}, folder / "run.pt", data or {}, {"commit": "abc123", "dirty": False})
+    return model, export(trained, "safetensors", folder / file, check=False).path
+
+
+def one_line_error(match):
+    """pytest.raises for a UserError whose message is one line."""
+    return pytest.raises(UserError, match=match)
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """Two resnet20 files (seeds 0 and 1); `cifar10-budget` and the default name seed 0's."""
+    root = tmp_path / "weights"
+    s0, path0 = export_untrained(root, "resnet20-cifar10-budget-s0.safetensors", seed=0)
+    s1, path1 = export_untrained(root, "resnet20-cifar10-budget-s1.safetensors", seed=1)
+    entries = [pretrained.make_entry(path0, f"{TAG}-s0", 0.5, "selfreg train configs/x.yaml --seeds 0",
+                                     aliases=[TAG], default=True),
+               pretrained.make_entry(path1, f"{TAG}-s1", 0.25, "selfreg train configs/x.yaml --seeds 1")]
+    pretrained.write_manifest(entries, root)
+    monkeypatch.setenv(pretrained.ENV_DIR, str(root))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return SimpleNamespace(root=root, s0=s0, s1=s1, path0=path0, path1=path1, entries=entries, x=x)
+
+
+@pytest.fixture
+def empty(tmp_path, monkeypatch):
+    pretrained.write_manifest([], tmp_path / "none")
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path / "none"))
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+# ---------------------------------------------------------------------------- create_model(pretrained=)
+def test_loads_the_exported_weights_exactly(shipped):
+    want = logits(shipped.s0, shipped.x)
+    for tag in (TAG, f"{TAG}-s0", True):
+        model = create_model("resnet20", pretrained=tag)
+        assert not model.training
+        assert torch.equal(logits(model, shipped.x), want), tag
+    assert torch.equal(logits(create_model("resnet20", pretrained=f"{TAG}-s1"), shipped.x), logits(shipped.s1, shipped.x))
+    assert not torch.equal(logits(create_model("resnet20", pretrained=False).eval(), shipped.x), want)
+
+
+def test_make_entry_reads_the_file(shipped):
+    entry = shipped.entries[0]
+    assert entry["model"] == "resnet20" and entry["commit"] == "abc123" and entry["file"] == shipped.path0.name
+    assert entry["sha256"] == hashlib.sha256(shipped.path0.read_bytes()).hexdigest()
+
+
+def test_damaged_or_missing_file_is_one_line(shipped):
+    data = bytearray(shipped.path0.read_bytes())
+    data[-1] ^= 0xFF
+    shipped.path0.write_bytes(bytes(data))
+    with one_line_error(r"resnet20-cifar10-budget-s0\.safetensors \(resnet20:cifar10-budget-s0\) fails its sha256 "
+                        r"check .*reinstall selfreg[^\n]*$"):
+        create_model("resnet20", pretrained=TAG)
+    shipped.path1.unlink()
+    with one_line_error(r"s1\.safetensors \(resnet20:cifar10-budget-s1\) is missing; reinstall"):
+        create_model("resnet20", pretrained=f"{TAG}-s1")
+
+
+def test_unknown_tag_names_the_available_weights(shipped):
+    with one_line_error(r"^no pretrained weights 'imagenet' for 'resnet20'; available: resnet20:cifar10-budget-s0, "
+                        r"resnet20:cifar10-budget, resnet20:cifar10-budget-s1 [^\n]*$"):
+        create_model("resnet20", pretrained="imagenet")
+    with one_line_error(r"^no pretrained weights 'cifar10-budget' for 'rrnet20_gru'; available: resnet20:cifar10-budget-s0"):
+        create_model("rrnet20_gru", pretrained=TAG)
+    with one_line_error("no default weights for 'rrnet20_gru'; available: resnet20:"):
+        create_model("rrnet20_gru", pretrained=True)
+    with one_line_error("unknown model 'resnet21'; did you mean"):
+        create_model("resnet21", pretrained=TAG)
+
+
+def test_a_model_without_a_default_needs_a_tag(shipped):
+    entries = [{**e, "default": False} for e in shipped.entries]
+    pretrained.write_manifest(entries, shipped.root)
+    with one_line_error("'resnet20' has no default weights; name one: resnet20:cifar10-budget-s0, "):
+        create_model("resnet20", pretrained=True)
+
+
+def test_empty_manifest_says_none_ship_yet(empty):
+    with one_line_error(r"^no pretrained weights ship with selfreg yet, so there are none for 'rrnet20_gru'[^\n]*$"):
+        create_model("rrnet20_gru", pretrained=TAG)
+
+
+def test_pretrained_with_checkpoint_or_other_shape_is_one_line(shipped):
+    with one_line_error(r"^pass either pretrained='cifar10-budget' or checkpoint='x\.pt', not both$"):
+        create_model("resnet20", pretrained=TAG, checkpoint="x.pt")
+    with one_line_error(r"^the resnet20:cifar10-budget-s0 weights have num_classes=10, not 100; leave num_classes out"):
+        create_model("resnet20", pretrained=TAG, num_classes=100)
+    with one_line_error("have in_chans=3, not 1"):
+        create_model("resnet20", pretrained=TAG, in_chans=1)
+    assert create_model("resnet20", pretrained=TAG, num_classes=10, in_chans=3) is not None
+
+
+def valid_entry(**change):
+    entry = {"model": "resnet20", "tag": "t", "file": "a.safetensors", "sha256": "0" * 64, "val_accuracy": 0.9,
+             "command": "selfreg train x.yaml", "commit": "abc"}
+    return {**entry, **change}
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([valid_entry(sha256="xyz")], "sha256 must be 64 lowercase hex digits"),
+    ([{k: v for k, v in valid_entry().items() if k != "commit"}], r"weights\[0\] lacks commit"),
+    ([valid_entry(acc=1)], "unknown key"),
+    ([valid_entry(file="../a.safetensors")], "must be a plain"),
+    ([valid_entry(tag="a:b")], "no ':'"),
+    ([valid_entry(val_accuracy=93.1)], "fraction in"),
+    ([valid_entry(), valid_entry(tag="u", aliases=["t"])], "resnet20:t names two entries"),
+    ([valid_entry(default=True), valid_entry(tag="u", default=True)], "resnet20 has two defaults"),
+])
+def test_malformed_manifest_is_one_line(tmp_path, weights, message):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": pretrained.FORMAT, "weights": weights}))
+    with one_line_error(f"manifest.json: .*{message}"):
+        pretrained.load_manifest(tmp_path)
+
+
+def test_unreadable_or_absent_manifest(tmp_path, monkeypatch):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with one_line_error("manifest.json is not readable JSON"):
+        pretrained.load_manifest(tmp_path)
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path / "typo"))
+    with one_line_error("no manifest.json in .*typo"):
+        create_model("resnet20", pretrained=TAG)
+
+
+# ---------------------------------------------------------------------------- the real manifest
+def real_entries():
+    return pretrained.load_manifest(pretrained.PACKAGE_DIR)
+
+
+def test_shipped_manifest_is_well_formed():
+    raw = json.loads((pretrained.PACKAGE_DIR / pretrained.MANIFEST).read_text())
+    assert raw["format"] == pretrained.FORMAT and isinstance(raw["weights"], list)
+    entries = real_entries()
+    names = set(hub_names())
+    assert all(w.model in names for w in entries)
+    files = {p.name for p in pretrained.PACKAGE_DIR.glob("*.safetensors")}
+    assert files == {w.file for w in entries}, "every shipped file has one manifest entry and vice versa"
+
+
+@pytest.mark.parametrize("weights", real_entries(), ids=lambda w: w.label)
+def test_every_shipped_weight_verifies_and_loads(weights, monkeypatch):
+    monkeypatch.delenv(pretrained.ENV_DIR, raising=False)
+    assert pretrained.sha256_of(pretrained.verified_path(weights)) == weights.sha256
+    header = json.loads(__import__("safetensors").safe_open(str(weights.path), "pt").metadata()["selfreg"])
+    model = create_model(weights.model, pretrained=weights.tag)
+    h, w = header["transform"]["image_size"]
+    out = logits(model, torch.zeros(2, header["in_chans"], h, w))
+    assert out.shape == (2, len(header["classes"])) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------- selfreg models --pretrained
+def test_cli_lists_the_shipped_weights(shipped, capsys):
+    assert cli_main(["models", "--pretrained"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("resnet20") and "s0" in line)
+    for part in ("cifar10-budget-s0* (cifar10-budget)", "50.00% val", shipped.entries[0]["sha256"][:12],
+                 shipped.path0.name):
+        assert part in row
+    assert "2 weight file(s)" in out
+    assert cli_main(["models", "rrnet*", "--pretrained"]) == 2
+    assert "no shipped weights for a model matching 'rrnet*'" in capsys.readouterr().err
+
+
+def test_cli_says_when_none_ship(empty, capsys):
+    assert cli_main(["models", "--pretrained"]) == 0
+    assert capsys.readouterr().out.startswith("No pretrained weights ship with selfreg yet")
+
+
+# ---------------------------------------------------------------------------- torch.hub
+def test_torch_hub_local(shipped):
+    model = torch.hub.load(str(REPO), "resnet20", source="local", verbose=False)
+    assert model.training and logits(model.eval(), shipped.x).shape == (4, 10)
+    model = torch.hub.load(str(REPO), "resnet20", source="local", pretrained=TAG, verbose=False)
+    assert torch.equal(logits(model, shipped.x), logits(shipped.s0, shipped.x))
+    rr = torch.hub.load(str(REPO), "rrnet20_gru", source="local", num_classes=5, verbose=False)
+    assert logits(rr.eval(), shipped.x).shape == (4, 5)
+
+
+def test_hubconf_has_every_model():
+    spec = importlib.util.spec_from_file_location("selfreg_hubconf_test", REPO / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    public = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
+    assert public == set(hub_names()) and {"resnet20", "rrnet20_gru", "rrnet56_lstm"} <= public
+    assert "torch" in hubconf.dependencies
+
+
+# ---------------------------------------------------------------------------- timm
+def test_timm_creates_selfreg_models_and_keeps_its_own(shipped):
+    import timm
+
+    assert set(timm.list_models(TIMM_PREFIX + "*")) == {TIMM_PREFIX + n for n in hub_names()}
+    model = timm.create_model("selfreg_rrnet20_gru", num_classes=10)
+    assert logits(model.eval(), torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for name in timm.list_models("regnet*"):
+        assert timm.models.model_entrypoint(name).__module__.startswith("timm.models."), name
+    assert type(timm.create_model("regnetx_002")).__module__ == "timm.models.regnet"
+    # pretrained=True: the default tag; "arch.tag" picks a file as in timm; a tag alone loads nothing.
+    assert torch.equal(logits(timm.create_model("selfreg_resnet20", pretrained=True), shipped.x),
+                       logits(shipped.s0, shipped.x))
+    seed1 = timm.create_model("selfreg_resnet20.cifar10-budget-s1", pretrained=True)
+    assert torch.equal(logits(seed1, shipped.x), logits(shipped.s1, shipped.x))
+    assert timm.create_model("selfreg_resnet20.cifar10-budget-s1").training
+
+
+def test_import_selfreg_then_timm_in_a_fresh_process():
+    """The issue's words, literally: after `import selfreg` (which imports neither torch nor timm),
+    timm.create_model builds selfreg models, and timm's own regnet* stay timm's."""
+    code = ("import sys, selfreg\n"
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
+            "import timm, torch\n"
+            "m = timm.create_model('selfreg_rrnet20_gru', num_classes=10).eval()\n"
+            "assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)\n"
+            "assert type(timm.create_model('regnety_002')).__module__ == 'timm.models.regnet'\n"
+            "print('ok', len(timm.list_models('selfreg_*')))\n")
+    proc = run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], timeout=120,
+               env=env_with_src(OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stderr[-2000:]
+    assert int(proc.stdout.split()[1]) == len(hub_names())
+
+
+def test_post_import_hook_runs_once_the_module_has_loaded(tmp_path, monkeypatch, request):
+    names = ("hooked_for_selfreg", "hook_fails_for_selfreg")
+    request.addfinalizer(lambda: [sys.modules.pop(n, None) for n in names])
+    (tmp_path / "hooked_for_selfreg.py").write_text("VALUE = 1\n")
+    (tmp_path / "hook_fails_for_selfreg.py").write_text("VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    import_hooks.when_imported("hooked_for_selfreg",
+                               lambda m: seen.append((m.VALUE, import_hooks.imported(m.__name__))))
+    import_hooks.when_imported("hook_fails_for_selfreg", lambda m: 1 / 0)
+    assert seen == [] and import_hooks._FINDER in sys.meta_path
+    import hooked_for_selfreg
+    with pytest.warns(RuntimeWarning, match="after importing hook_fails_for_selfreg failed: ZeroDivisionError"):
+        assert importlib.import_module("hook_fails_for_selfreg").VALUE == 2     # the import itself succeeds
+    assert seen == [(1, True)] and not isinstance(hooked_for_selfreg.__loader__, import_hooks._Loader)
+    import_hooks.when_imported("hooked_for_selfreg", lambda m: seen.append("now"))
+    assert seen[-1] == "now"
+    assert (import_hooks._FINDER in sys.meta_path) == bool(import_hooks._waiting)
+
+
+# ---------------------------------------------------------------------------- benchmarks/reeval_pretrained.py
+def test_reeval_script_help_and_empty_manifest(tmp_path):
+    pretrained.write_manifest([], tmp_path)
+    script = REPO / "benchmarks" / "reeval_pretrained.py"
+    help_ = run([sys.executable, script, "--help"], timeout=60, env=env_with_src())
+    assert help_.returncode == 0 and "--data DIR" in help_.stdout
+    none = run([sys.executable, script, "--data", tmp_path], timeout=60,
+               env=env_with_src(**{pretrained.ENV_DIR: str(tmp_path)}))
+    assert none.returncode == 0 and "No pretrained weights ship with selfreg yet" in none.stdout, none.stderr
+
+
+def test_reeval_script_measures_with_selfreg_eval(tmp_path, monkeypatch, capsys):
+    """A digits weight (bundled data: offline): the script's number is `selfreg eval`'s; a manifest
+    number that differs by one image is a mismatch, exit 1."""
+    from selfreg.config import load_config
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import reeval_pretrained
+
+    data = load_config(None, ["data.name=digits", "data.image_size=16"]).to_dict()["data"]
+    root = tmp_path / "weights"
+    _, path = export_untrained(root, "resnet20-digits.safetensors", in_chans=1, size=16, data=data,
+                               classes=[str(i) for i in range(10)])
+    assert cli_main(["eval", str(path), "--split", "val", "-o", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    monkeypatch.setenv(pretrained.ENV_DIR, str(root))
+    for stated, code in ((metrics["top1"], 0), (metrics["top1"] + 1 / metrics["images"], 1)):
+        pretrained.write_manifest([pretrained.make_entry(path, "digits", stated, "none")], root)
+        capsys.readouterr()
+        assert reeval_pretrained.main(["--data", "unused", "--device", "cpu"]) == code
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet20"))
+        assert f"| {metrics['images']} |" in row and f"{100 * metrics['top1']:.2f}%" in row
+        assert row.endswith("| yes |" if code == 0 else "| NO |")
+
+
+def test_no_warning_when_registering_twice():
+    from selfreg.entrypoints import register_timm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert register_timm() == []
