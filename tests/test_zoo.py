@@ -14,7 +14,8 @@ from selfreg.models.zoo import ZOO
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Larger variants of a family run only with `-m slow`; the value is the sibling that runs by default.
+# Larger variants of a family run on the meta device (shapes and gradient flow); the value is
+# the sibling whose forward and backward passes compute.
 LARGER_VARIANT = {
     **{name: "vgg11" for name in ("vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
     "resnet34": "resnet18",
@@ -56,9 +57,9 @@ def size_cases() -> list:
         native = [] if name in LARGER_VARIANT else [(3, native_size(name))]
         sizes = dict.fromkeys([(1, 28), (3, 32), *native])
         for in_chans, size in sizes:
-            device = "meta" if name in HEAVY and (in_chans, size) != (3, 32) else "cpu"
+            numeric = name not in LARGER_VARIANT and (name not in HEAVY or (in_chans, size) == (3, 32))
+            device = "cpu" if numeric else "meta"
             cases.append(pytest.param(name, in_chans, size, device,
-                                      marks=[pytest.mark.slow] if name in LARGER_VARIANT else [],
                                       id=f"{name}-{in_chans}x{size}" + ("-meta" if device == "meta" else "")))
     return cases
 

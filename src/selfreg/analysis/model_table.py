@@ -62,13 +62,12 @@ CPU_BELOW_PARAMS = 2_000_000
 
 
 def measure(name: str, img_size: int, num_classes: int = 10, in_chans: int = 3,
-            macs: bool = True) -> tuple[int, int | None]:
-    """(parameters, forward MACs or None) of `name` built for `img_size` inputs."""
-    params = None
+            macs: bool = True, **kwargs) -> tuple[int, int | None]:
+    """(parameters, forward MACs or None) of `name` built for `img_size` inputs (and `kwargs`)."""
     for device in ("meta", "cpu"):
         try:
             with torch.device(device):
-                model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+                model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
             params = count_parameters(model)
             if not macs:
                 return params, None

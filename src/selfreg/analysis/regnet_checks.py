@@ -52,10 +52,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-import torch
-
-from ..complexity import count_macs, count_parameters
-from ..factory import create_model
+from .model_table import measure as table_measure
 
 METRICS = ("params", "macs", "flops")  # flops = 2 x macs
 RESULTS = ("pass", "FAIL", "paper inconsistent", "not checked", "baseline")
@@ -248,16 +245,11 @@ def _plus_minus(row: Row) -> str:
 
 @lru_cache(maxsize=None)
 def measure(model: str, metric: str, kwargs: tuple = (), num_classes: int = 10, input_size: int = 32) -> int:
-    """Our count of `metric` for a registered model (MACs at `input_size`).
-
-    Built on the meta device: shapes only, no memory and no arithmetic, so counting
-    ResNet-50 at 224x224 takes a second whatever the load on the machine.
-    """
+    """Our count of `metric` for a registered model (MACs at `input_size`), as `selfreg models` counts."""
     if metric == "flops":
         return 2 * measure(model, "macs", kwargs, num_classes, input_size)
-    with torch.device("meta"):
-        net = create_model(model, num_classes=num_classes, **dict(kwargs))
-        return count_parameters(net) if metric == "params" else count_macs(net, input_size)
+    params, macs = table_measure(model, input_size, num_classes, macs=metric != "params", **dict(kwargs))
+    return params if metric == "params" else macs
 
 
 @dataclass
