@@ -122,17 +122,21 @@ def _steps(cell, x, forward, steps=3):
     return torch.stack(hs)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("cell", list(GATES))
 @pytest.mark.parametrize("form", ["light", "full"])
-def test_fast_path_equals_the_reference_formulation(cell, form):
-    # forward: the re-expressed light form (PairMix + one depthwise call, lerp/addcmul) must
+def test_fast_path_equals_the_reference_formulation(cell, form, layout):
+    # the light form computed one gate at a time (lerp/addcmul), in either memory layout, must
     # give the interleaved grouped-1x1 formulation's outputs and gradients (fp32 rounding).
     torch.manual_seed(0)
     c = cell(8, form)
     with torch.no_grad():
         for p in c.parameters():
             p.add_(0.1 * torch.randn_like(p))  # not just the init: nonzero everywhere
-    x = torch.randn(3, 8, 7, 6, requires_grad=True)
+    x = torch.randn(3, 8, 7, 6)
+    if layout == "channels_last":
+        c, x = c.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     fast, ref = _steps(c, x, c.forward), _steps(c, x, c.reference_forward)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     weights = torch.randn_like(fast)
@@ -143,13 +147,17 @@ def test_fast_path_equals_the_reference_formulation(cell, form):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"grad of {name}: {m}")
 
 
-def test_pair_mix_gradients_in_double():
-    from selfreg.layers.convrnn import PairMix
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_light_gates_keep_the_layout_and_pass_gradcheck(layout):
+    from selfreg.layers.convrnn import light_gates
 
     torch.manual_seed(0)
-    x, h = (torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    w = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(PairMix.apply, (x, h, w))
+    conv = GateConv(3, 2, "light").conv.double()
+    x, h = (torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+            for _ in range(2))
+    gates = light_gates(conv, x, h)
+    assert len(gates) == 2 and all(g.shape == x.shape and g.is_contiguous(memory_format=layout) for g in gates)
+    assert torch.autograd.gradcheck(lambda a, b: light_gates(conv, a, b), (x, h))
 
 
 @pytest.mark.parametrize("cell", list(GATES))

@@ -35,16 +35,17 @@ How the light form is computed (same parameters and state-dict keys, same values
 float rounding; tests/test_convrnn.py checks outputs and gradients against the formulation
 above, kept as `GateConv.reference` and each cell's `reference_forward`):
 
-- Step (1) is never run as a convolution. A grouped 1x1 with 2 channels per group is, per
-  gate map, w_x * x_i + w_h * h_i: `PairMix` does it by broadcasting X and H (B, N, H, W)
-  against the (N, k) weights into a (B, N, k, H, W) tensor, which is already the layout of
-  the grouped convolution's output (map i*k + g), so no interleaved copy of [X, H] is made.
-  Its backward loops over the k gates so that no k-times-larger temporaries are allocated.
-- Step (2), the depthwise 3x3 of all k gates of a cell, is one conv2d call (groups = k*N)
-  on those maps with the module's own weight and bias; ConvGRU needs a second call for its
-  candidate, which depends on r * H.
-- Activations: ConvGRU applies one sigmoid to both of its gates and updates the state with
-  one `lerp` ((1 - z) * H + z * n); ConvLSTM forms f * C + i * g with one `addcmul`.
+- One gate at a time (`light_gates`). Step (1) for gate g is a per-channel multiply-add,
+  w_x * x_i + w_h * h_i (broadcast over X and H, no interleaved copy of [X, H], no grouped
+  convolution); step (2) is gate g's depthwise 3x3 (filters i*k + g of the module's own
+  depthwise weight). Every tensor is then the size of X and in X's memory layout: in
+  channels_last the depthwise 3x3 runs on oneDNN's NHWC kernel (several times faster on
+  the CPU than the NCHW one), nothing k times larger than X is allocated (large fresh
+  allocations page-fault on the CPU), and the backward pass never splits or re-stacks a
+  (B, N, k, H, W) tensor. Plain tensor operations throughout: autograd, TorchScript, ONNX
+  export and torch.compile (which fuses the element-wise work) see the same code.
+- Activations: ConvGRU updates the state with one `lerp` ((1 - z) * H + z * n); ConvLSTM
+  forms f * C + i * g with one `addcmul`.
 For timings of both formulations, and of the light form against the full one, see the
 step_time section of docs/performance.md (benchmarks/step_time.py).
 
@@ -81,9 +82,9 @@ FORMS: dict[str, Callable[[int, int], nn.Module]] = {"light": _light_conv, "full
 class GateConv(nn.Module):
     """k gate pre-activations, each (B, N, H, W), from one convolution over [X, H].
 
-    `preact(x, h)` returns them stacked as one (B, N, k, H, W) tensor (gate g of channel i
-    at [:, i, g], the layout of output channel i*k + g), which lets a cell apply one
-    activation to several gates at once; `forward` returns the k gates as a tuple.
+    `forward(x, h)` returns the k gates as a tuple (gate g of channel i is output channel
+    i*k + g of the convolution): the light form computes them one gate at a time
+    (`light_gates`), the full form as one convolution whose output is split.
     """
 
     def __init__(self, channels: int, gates: int, form: str = "light"):
@@ -93,15 +94,10 @@ class GateConv(nn.Module):
         self.channels, self.gates, self.form = channels, gates, form
         self.conv = FORMS[form](channels, gates)
 
-    def preact(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        if self.form == "full":
-            out = self.conv(interleave(x, h))                  # (B, N*k, H, W): channel i*k + g
-        else:
-            out = light_gates(self.conv, x, h)                 # the same, computed faster
-        return out.unflatten(1, (self.channels, self.gates))  # (B, N, k, H, W)
-
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.preact(x, h).unbind(2)                    # k x (B, N, H, W)
+        if self.form == "full":
+            return self.reference(x, h)
+        return light_gates(self.conv, x, h)
 
     def reference(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`forward` as first written (interleaved copy, grouped 1x1): the tests' reference."""
@@ -118,59 +114,25 @@ def interleave(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.stack((x, h), dim=2).flatten(1, 2)
 
 
-class PairMix(torch.autograd.Function):
-    """maps[:, i, g] = w[i, g, 0] * x[:, i] + w[i, g, 1] * h[:, i]: (B, N, H, W) x2 -> (B, N, k, H, W).
+def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The light form's k gate pre-activations, each (B, N, H, W), one gate at a time.
 
-    Autograd through broadcasting would materialise three more (B, N, k, H, W) temporaries in
-    the backward pass (k times the size of X); this backward loops over the k gates with
-    (B, N, H, W) temporaries only. Large fresh allocations are slow on the CPU (page faults).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, h, w)
-        maps = x.unsqueeze(2) * w[..., 0, None, None]                      # (B, N, k, H, W)
-        return maps.addcmul_(h.unsqueeze(2), w[..., 1, None, None])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, h, w = ctx.saved_tensors
-        k = w.shape[1]
-        grads: list[torch.Tensor | None] = [None, None, None]
-        for j, t in enumerate((x, h)):
-            if ctx.needs_input_grad[j]:                                    # sum_g grad_g * w[:, g, j]
-                acc = grad[:, :, 0] * w[:, 0, j, None, None]
-                for g in range(1, k):
-                    acc.addcmul_(grad[:, :, g], w[:, g, j, None, None])
-                grads[j] = acc
-        if ctx.needs_input_grad[2]:                                        # sum over B, H, W of grad_g * t
-            grads[2] = torch.stack([torch.stack([(grad[:, :, g] * t).sum((0, 2, 3)) for t in (x, h)], -1)
-                                    for g in range(k)], 1)
-        return tuple(grads)
-
-
-def pair_mix(x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """PairMix where a backward pass can happen; plain tensor ops where none will, or where a
-    tracer must see them (TorchScript and ONNX cannot record a Python autograd.Function)."""
-    if torch.is_grad_enabled() and not (torch.jit.is_tracing() or torch.jit.is_scripting()
-                                        or torch.onnx.is_in_onnx_export()):
-        return PairMix.apply(x, h, w)
-    return x.unsqueeze(2) * w[..., 0, None, None] + h.unsqueeze(2) * w[..., 1, None, None]
-
-
-def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """The light form's gate maps (B, N*k, H, W), computed without the grouped 1x1 convolution.
-
-    Group i of the grouped 1x1 maps (x_i, h_i) to k maps, map g being
-    w[i*k+g, 0] * x_i + w[i*k+g, 1] * h_i: a per-channel multiply-add, done here by
-    broadcasting over a (B, N, k, H, W) view (no interleaved copy of X and H). The result
-    is laid out as the grouped convolution's output, so the depthwise 3x3 over all k*N maps
-    runs as one conv2d call with the very same weights.
+    Group i of the grouped 1x1 maps (x_i, h_i) to gate g's map as
+    w[i*k+g, 0] * x_i + w[i*k+g, 1] * h_i: a per-channel multiply-add (no interleaved copy
+    of X and H, no grouped convolution), followed by gate g's depthwise 3x3 (the filters
+    i*k + g of the module's depthwise convolution). Computing each gate on its own keeps
+    every tensor the size of X and in X's memory layout: in channels_last the depthwise 3x3
+    runs on oneDNN's NHWC kernel, several times faster on the CPU than the NCHW one, and
+    no (B, N, k, H, W) stack is split and re-assembled in the backward pass.
     """
     mix, depthwise = conv
-    w = mix.weight.view(x.shape[1], -1, 2)                                 # (N, k, 2): w_x, w_h
-    maps = pair_mix(x, h, w).flatten(1, 2)                                 # (B, N*k, H, W): map i*k + g
-    return F.conv2d(maps, depthwise.weight, depthwise.bias, padding=1, groups=depthwise.groups)
+    n = x.shape[1]
+    w = mix.weight.view(n, -1, 2)                                   # (N, k, 2): w_x, w_h of gate g
+    k = w.shape[1]
+    filters = depthwise.weight.view(n, k, 1, 3, 3)
+    bias = depthwise.bias.view(n, k)
+    return tuple(F.conv2d(torch.addcmul(x * w[:, g, 0, None, None], h, w[:, g, 1, None, None]),
+                          filters[:, g], bias[:, g], padding=1, groups=n) for g in range(k))
 
 
 class ConvCell(nn.Module):
@@ -209,7 +171,8 @@ class ConvRNN(ConvCell):
         self.conv = GateConv(channels, 1, form)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.tanh(self.conv.preact(x, state).squeeze(2))
+        (a,) = self.conv(x, state)
+        h = torch.tanh(a)
         return h, h
 
     def reference_forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,8 +195,9 @@ class ConvGRU(ConvCell):
         self.candidate = GateConv(channels, 1, form)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z, r = torch.sigmoid(self.gates.preact(x, state)).unbind(2)  # one call for both gates
-        n = torch.tanh(self.candidate.preact(x, r * state).squeeze(2))
+        z, r = (torch.sigmoid(a) for a in self.gates(x, state))
+        (a,) = self.candidate(x, r * state)
+        n = torch.tanh(a)
         dtype = torch.promote_types(state.dtype, n.dtype)               # lerp does not promote (autocast)
         h = torch.lerp(state.to(dtype), n.to(dtype), z.to(dtype))      # (1 - z) * H + z * n
         return h, h
@@ -271,7 +235,7 @@ class ConvLSTM(ConvCell):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         h, c = state
-        i, f, o, g = self.gates(x, h)                       # unbind: no slice copies in backward
+        i, f, o, g = self.gates(x, h)
         c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))  # f * C + i * g
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)

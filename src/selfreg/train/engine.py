@@ -35,6 +35,7 @@ from ..factory import create_model
 from ..stats import mean_std
 from ..version import __version__
 from . import autotune
+from .allocator import keep_freed_memory
 from .precision import make_autocast  # noqa: F401  (also the engine's API, e.g. benchmarks/framework_tax.py)
 from . import distributed as dist_utils
 from .bn import BNMomentum
@@ -317,6 +318,8 @@ class Run:
             check_writable(Path(cfg.train.out_dir))
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        if self.ctx.device.type == "cpu":
+            keep_freed_memory()            # large activations reused, not page-faulted every step
         seed_everything(cfg.train.seed + self.ctx.rank)
         device = self.ctx.device
 
