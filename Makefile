@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m selfreg train configs/demo.yaml
 
-# One pytest-xdist worker per core, each computing on one thread (tests/conftest.py).
+# One pytest-xdist worker per core, each computing on one thread (tests/conftest.py); an idle
+# worker takes pending tests from the busy one (worksteal), so the long tests do not end alone.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto -m "not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
 
 # Regenerates docs/performance.md (tens of minutes on a 2-core CPU; GPU parts skip without CUDA).
 bench: $(STAMP)

@@ -24,8 +24,9 @@ and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see d
   run's model is untouched), and
   the faster layout wins by at least `MARGIN`, else the device's default: NCHW on the CPU,
   channels_last on CUDA (the standard choice for convolutions under autocast). Measured on the
-  CPU: NHWC 0.85x for resnet20, 0.97x rrnet20_gru light, but 1.15x for rrnet20_lstm light,
-  hence a probe and not a rule. Too short a run: the default. The probe's (eager) layout also
+  CPU: NHWC 0.85x for resnet20, 0.97x rrnet20_gru light, but 1.15x for rrnet20_lstm light
+  (before the light cells were computed one gate at a time in the input's layout; since then
+  NHWC measured faster for both cells, docs/performance.md), hence a probe and not a rule. Too short a run: the default. The probe's (eager) layout also
   serves a compiled run: compiled resnet20 measured the same in both layouts, and
   rrnet20_gru, whose compiled NHWC was 1.27x slower, probes NCHW anyway; and should the
   compile trial keep eager, the layout is the eager winner.
