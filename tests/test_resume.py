@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from procs import selfreg, spawn
+from procs import selfreg, selfreg_in_process, spawn
 from selfreg.train.checkpoint import load_checkpoint
 
 ARGS = ["data.image_size=16", "train.epochs=3", "data.batch_size=32", "model.name=resnet20",
@@ -61,10 +61,11 @@ def assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The uninterrupted run, trained in this process (one thread, as the children): the
+    same numbers as a child's, without another interpreter importing torch."""
     out = tmp_path_factory.mktemp("ref")
-    with start(out, "ref") as proc:
-        _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    done = selfreg_in_process("train", "configs/demo.yaml", *ARGS, f"train.out_dir={out}", "train.run_name=ref")
+    assert done.returncode == 0, done.stderr
     return out / "ref"
 
 

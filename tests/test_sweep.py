@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import dataset_writers as w
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, selfreg_in_process
 from procs import env_with_src, run, spawn, torchrun
 from selfreg.analysis.report import build_report, collect
 from selfreg.errors import UserError
@@ -215,7 +215,9 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
     path = write_recipe(tmp_path, recipe)
     env = env_with_src()
     base = [sys.executable, "-m", "selfreg", "sweep", str(path)]
-    run(base + ["-o", str(tmp_path / "ref")], check=True, env=env, timeout=300)
+    # The uninterrupted sweep in this process (one thread, as the children's runs).
+    ref = selfreg_in_process("sweep", path, "-o", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
 
     first = tmp_path / "cut" / "resnet20" / "s0" / "metrics.csv"
     with spawn(base + ["-o", str(tmp_path / "cut")], env=env) as proc:
@@ -237,7 +239,7 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_sweep_runs_processes_and_logs(tmp_path):
+def test_parallel_sweep_runs_processes_and_logs(cli, tmp_path):
     path = write_recipe(tmp_path)
     proc = run_cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -245,7 +247,7 @@ def test_parallel_sweep_runs_processes_and_logs(tmp_path):
         for seed in (0,):
             assert (tmp_path / "sw" / label / f"s{seed}" / "summary.json").is_file()
             assert (tmp_path / "sw" / "logs" / f"{label}-s{seed}.log").is_file()
-    report = run_cli("report", tmp_path / "sw")
+    report = cli("report", tmp_path / "sw")
     assert report.returncode == 0 and (tmp_path / "sw" / "report.html").is_file()
 
 
