@@ -19,3 +19,13 @@ def run_cli(*args, cwd=None, timeout=300, **kwargs):
 def cli():
     """`selfreg ARGS` in this process (see procs.selfreg_in_process); `run_cli` for a real one."""
     return selfreg_in_process
+
+
+@pytest.fixture(autouse=True)
+def _keep_worker_threads():
+    """A test that trains in this process (train.threads) must not leave the worker's
+    thread count changed: two workers on two cores with two threads each would contend."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -24,7 +24,7 @@ from selfreg.use.evaluate import class_map
 from conftest import run_cli, selfreg_in_process
 
 TINY = ["data.name=digits", "data.image_size=16", "data.subset=100", "data.val_fraction=50",
-        "data.batch_size=50", "train.epochs=1", "train.threads=2", "train.tensorboard=false", "train.plot=false",
+        "data.batch_size=50", "train.epochs=1", "train.threads=1", "train.tensorboard=false", "train.plot=false",
         "model.kwargs.widths=[8,16,16]"]
 
 
