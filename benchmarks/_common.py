@@ -46,6 +46,11 @@ steps says a 10% saving pays back a (high-end) cold compile twice over, so short
 compile; then the run's first steps time eager against compiled in the real loop and keep
 compiled only when it measured faster. Explicit values are never changed.
 
+**Allocator.** On the CPU `selfreg train` sets glibc's malloc to keep freed memory for the next
+step (`src/selfreg/train/allocator.py`; `SELFREG_MALLOC=system` opts out), so large activations
+are not page-faulted anew every step; `benchmarks/step_time.py` does the same unless given
+`--system-malloc`.
+
 **Compile caches.** Compiled graphs and kernels are cached on disk in `$TORCHINDUCTOR_CACHE_DIR`,
 by default `~/.cache/selfreg/inductor` (`$SELFREG_CACHE_DIR/inductor`;
 `src/selfreg/train/compile_cache.py`), so a second run of the same model and shapes compiles
