@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _common import table
 from selfreg.errors import UserError
 from selfreg.pretrained import Weights, load_manifest, verified_path
 
@@ -72,20 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"reeval_pretrained: error: {exc}", file=sys.stderr)
         return 2
-    print(table(rows, args.split))
+    print("\n".join(table(["model", "tag", "split", "images", "manifest top-1", "measured top-1", "equal"],
+                           [[w.model, w.tag, args.split or w.split, images, f"{100 * w.val_accuracy:.2f}%",
+                             f"{100 * measured:.2f}%", "yes" if ok else "NO"] for w, measured, images, ok in rows])))
     bad = [w.label for w, *_, ok in rows if not ok]
     print(f"\n{len(rows) - len(bad)} of {len(rows)} agree with the manifest"
           + (f"; differ: {', '.join(bad)}" if bad else "."))
     return 1 if bad else 0
-
-
-def table(rows: list[tuple[Weights, float, int, bool]], split: str | None) -> str:
-    lines = ["| model | tag | split | images | manifest top-1 | measured top-1 | equal |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- |"]
-    for w, measured, images, ok in rows:
-        lines.append(f"| {w.model} | {w.tag} | {split or w.split} | {images} | {100 * w.val_accuracy:.2f}% | "
-                     f"{100 * measured:.2f}% | {'yes' if ok else 'NO'} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

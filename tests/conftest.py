@@ -7,7 +7,8 @@ from procs import REPO, selfreg, selfreg_in_process  # noqa: F401  (REPO is impo
 
 # Keep each test process to the machine's cores and deterministic CPU math: under
 # pytest-xdist (`make test` runs one worker per core) each worker computes on one thread.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+torch.set_num_threads(THREADS)
 
 
 def run_cli(*args, cwd=None, timeout=300, **kwargs):
@@ -23,9 +24,8 @@ def cli():
 
 @pytest.fixture(autouse=True)
 def _keep_worker_threads():
-    """A test that trains in this process (train.threads) must not leave the worker's
-    thread count changed: two workers on two cores with two threads each would contend."""
-    threads = torch.get_num_threads()
+    """Every test computes on THREADS threads, whatever a test or a module fixture that trained
+    in this process (train.threads) set: two workers on two cores with two threads each contend."""
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
     yield
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)

@@ -75,13 +75,11 @@ def selfreg_in_process(*args, cwd: str | Path | None = None) -> subprocess.Compl
 
     For commands whose test is about what they print and return (errors, listings): the
     model API is already imported here, where a child process would spend seconds importing
-    torch. The caller's working directory and torch thread count are restored.
+    torch. The caller's working directory is restored (the thread count: tests/conftest.py).
     """
-    import torch
-
     from selfreg.cli import main
 
-    out, err, threads, here = io.StringIO(), io.StringIO(), torch.get_num_threads(), os.getcwd()
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
     try:
         os.chdir(cwd or REPO)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -91,5 +89,4 @@ def selfreg_in_process(*args, cwd: str | Path | None = None) -> subprocess.Compl
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         os.chdir(here)
-        torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["selfreg", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -119,7 +119,8 @@ def load_manifest(root: str | Path | None = None) -> list[Weights]:
     if not path.is_file():
         if root == PACKAGE_DIR:
             raise UserError(f"{path} is missing from the installed package; {REINSTALL}")
-        raise UserError(f"no {MANIFEST} in {root} (${ENV_DIR} or the folder passed points there)")
+        raise UserError(f"no {MANIFEST} in {root}, where ${ENV_DIR} (or the folder passed) points; "
+                        f"unset ${ENV_DIR} to use the package's weights, or point it at a folder with a {MANIFEST}")
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:

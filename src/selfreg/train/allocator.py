@@ -3,9 +3,9 @@
 A training step on the CPU allocates and frees the same large activations every step. glibc
 serves blocks above its mmap threshold (128 KiB at first, raised dynamically up to 32 MiB)
 with a fresh `mmap` and returns them to the system on `free`, so every step touches those
-pages for the first time again: a page fault and a zeroed page per 4 KiB. RegNet's gate maps
-(k x the size of a block's activation: 16 MiB for ConvGRU's two gates of stage 1 at batch 128,
-32 MiB for ConvLSTM's four) make this a large share of a step. PyTorch's CPU tuning guide
+pages for the first time again: a page fault and a zeroed page per 4 KiB. A CIFAR network's
+first-stage maps are 8 MiB each at batch 128 (16 channels of 32x32 floats), and RegNet's cells
+add several such maps per block, gates and their gradients, so this is a large share of a step. PyTorch's CPU tuning guide
 recommends an allocator that keeps freed memory (jemalloc or tcmalloc through LD_PRELOAD);
 the same effect with glibc is three `mallopt` settings, made here in-process:
 

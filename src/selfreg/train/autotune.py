@@ -32,9 +32,10 @@ and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see d
   compile trial keep eager, the layout is the eager winner.
 - compile: only when it pays back. Cold compiles cost 15-80 s on a quiet 2-core Xeon (up to
   200 s under load) and saved 25% (resnet20) or 10% (rrnet20_gru) of a step there; on the
-  2-core AMD EPYC they cost 32-52 s (resnet20) and 126-179 s (light rrnet20 cells) and saved
-  nothing (resnet20) or made the step slower (rrnet20_gru, after the cells were computed one
-  gate at a time; docs/performance.md), which the trial below catches. So `auto`
+  2-core AMD EPYC a quiet cold compile of rrnet20_gru took 101 s, and compiled steps were
+  1.08x (resnet20) and 0.96x (rrnet20_gru) of eager in NCHW, while in channels_last the
+  compiled rrnet20_gru was slower than eager (docs/performance.md: compile_precision.py,
+  step_time.py --compile), which the trial below catches. So `auto`
   compiles when the probe's step time x the run's steps x `COMPILE_GAIN` is at least
   `PAYBACK` x `COMPILE_COST_S` (cost taken at the high end, saving at the low end). A run too
   short to probe never compiles, so auto never makes a short run slower. On CUDA the same
@@ -75,7 +76,7 @@ PROBE_SHARE = 0.01        # probe only when its steps are at most this share of 
 PROBE_BUDGET_S = 6.0      # stop probing layouts when the first step says it would take longer
 MARGIN = 0.03             # a layout must be this much faster to beat the device's default
 DEFAULT_CHANNELS_LAST = {"cpu": False, "cuda": True}
-COMPILE_COST_S = {"cpu": 180.0, "cuda": 90.0}   # cold compile, high end of what was measured
+COMPILE_COST_S = {"cpu": 180.0, "cuda": 90.0}   # cold compile, high end (CPU: 101 s quiet, ~200 s loaded)
 COMPILE_GAIN = {"cpu": 0.10, "cuda": 0.10}      # saving per step, low end
 PAYBACK = 2.0
 
