@@ -172,6 +172,40 @@ def test_report_has_table_paper_column_figures_and_html(tiny_sweep, tmp_path):
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
 
 
+def test_report_answers_against_the_baseline_first(tiny_sweep, tmp_path):
+    sweep_dir = tiny_sweep[0] / "sw"
+    text = build_report(sweep_dir, tmp_path / "rep" / "report.md").read_text()
+    assert text.index("## Against resnet20") < text.index("## Results")
+    assert "- rrnet20_gru: final validation error " in text and "seed-to-seed spread" in text
+    text = build_report(sweep_dir, tmp_path / "rep" / "report.md", baseline="rrnet20_gru").read_text()
+    assert "## Against rrnet20_gru" in text and "- resnet20: final validation error" in text
+    with pytest.raises(UserError, match="--baseline 'nope' is not a configuration.*resnet20, rrnet20_gru"):
+        build_report(sweep_dir, tmp_path / "rep" / "report.md", baseline="nope")
+
+
+@pytest.mark.parametrize("base, other, mean, separated, beyond", [
+    ([9.0, 9.2, 9.4], [8.0, 8.1, 8.3], -1.0667, True, True),      # clear gain
+    ([9.0, 9.2, 9.4], [8.9, 9.1, 9.3], -0.1, False, False),       # overlapping seeds
+    ([9.0, 9.1], [8.0, 10.2], 0.05, False, False),                 # one seed each side of the baseline
+    ([9.0, 9.3], [9.4, 9.5], 0.3, True, True),                     # worse, and beyond the spread
+])
+def test_difference_against_a_baseline(base, other, mean, separated, beyond):
+    from selfreg.stats import difference
+
+    d = difference(base, other)
+    assert d.mean == pytest.approx(mean, abs=1e-3)
+    assert (d.separated, d.beyond_spread) == (separated, beyond)
+    assert 0 < d.p_value <= 1
+
+
+def test_difference_with_one_seed_has_no_p_value():
+    from selfreg.stats import difference
+
+    d = difference([9.0], [8.0, 8.5])
+    assert d.p_value is None and d.base_std == 0 and d.mean == pytest.approx(-0.75)
+    assert difference([], [8.0]) is None
+
+
 def test_report_groups_any_folder_of_seeded_runs(tiny_sweep, tmp_path):
     sweep_dir = tiny_sweep[0] / "sw"
     (sweep_dir / "sweep.yaml").rename(tmp_path / "sweep.yaml")

@@ -114,7 +114,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
     from .sweep import command_line
 
-    out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]), note=args.note)
+    out = build_report(args.folder, args.output, command=command_line(sys.argv[1:]), note=args.note,
+                       baseline=args.baseline)
     print(f"report: {out} and {out.with_suffix('.html')} (figures in {out.parent / (out.stem + '-figures')})")
     return 0
 
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="a sweep folder or any folder holding run folders")
     report.add_argument("-o", "--output", metavar="REPORT.md", help="default: FOLDER/report.md")
     report.add_argument("--note", default="", help="a paragraph at the top (e.g. what scale the runs are)")
+    report.add_argument("--baseline", default="", metavar="LABEL",
+                        help="the configuration the others are compared with first (default: the first)")
     report.set_defaults(func=cmd_report)
     evaluate = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and a confusion matrix of a checkpoint")
     evaluate.add_argument("checkpoint", help="a run checkpoint (runs/x/checkpoints/best.pt) or exported .safetensors")

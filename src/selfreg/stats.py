@@ -6,6 +6,7 @@ best run.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -17,3 +18,42 @@ def mean_std(values: Iterable[float]) -> tuple[float, float] | None:
     if len(values) == 0:
         return None
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One configuration's error against a baseline's, over seeds (errors in percent)."""
+    mean: float            # mean(other) - mean(base): negative = lower error than the baseline
+    base_std: float
+    other_std: float
+    n_base: int
+    n_other: int
+    separated: bool        # every seed of one is below every seed of the other
+    p_value: float | None  # Welch's two-sided t-test; None below 2 seeds on either side
+
+    @property
+    def beyond_spread(self) -> bool:
+        """The difference is larger than the seed-to-seed spread: the seeds do not overlap and the
+        mean difference exceeds the larger of the two standard deviations."""
+        return self.separated and abs(self.mean) > max(self.base_std, self.other_std)
+
+
+def difference(base: Iterable[float], other: Iterable[float]) -> Difference | None:
+    """`other` against `base` (per-seed values of one metric); None when either side is empty.
+
+    "Larger than the spread" is deliberately plain (no overlap of the seeds' values and a mean
+    gap above either std) and Welch's p is given beside it: with three seeds a side neither is
+    strong evidence, and the report says so rather than picking the flattering one.
+    """
+    base, other = np.asarray(list(base), dtype=float), np.asarray(list(other), dtype=float)
+    if len(base) == 0 or len(other) == 0:
+        return None
+    (mb, sb), (mo, so) = mean_std(base), mean_std(other)
+    separated = bool(other.max() < base.min() or other.min() > base.max())
+    p_value = None
+    if len(base) > 1 and len(other) > 1:
+        from scipy.stats import ttest_ind   # scipy comes with scikit-learn, a dependency
+
+        p = ttest_ind(other, base, equal_var=False).pvalue
+        p_value = float(p) if np.isfinite(p) else None
+    return Difference(mo - mb, sb, so, len(base), len(other), separated, p_value)

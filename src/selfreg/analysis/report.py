@@ -29,7 +29,7 @@ from .. import provenance
 from ..complexity import count_macs, human
 from ..errors import UserError
 from ..factory import create_model, model_entry
-from ..stats import mean_std
+from ..stats import difference, mean_std
 from ..train.logging import read_metrics
 
 
@@ -201,6 +201,9 @@ class Doc:
     def table(self, header: list[str], rows: list[list[str]]) -> None:
         self.blocks.append(("table", header, rows))
 
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(("ul", items))
+
     def image(self, path: Path, alt: str) -> None:
         self.blocks.append(("img", path, alt))
 
@@ -213,6 +216,8 @@ def to_markdown(doc: Doc, base: Path) -> str:
             out.append("#" * block[1] + " " + block[2])
         elif kind == "p":
             out.append(block[1])
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in block[1]))
         elif kind == "table":
             header, rows = block[1], block[2]
             out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -241,6 +246,8 @@ def to_html(doc: Doc, title: str) -> str:
             out.append(f"<h{block[1]}>{_inline_md(block[2])}</h{block[1]}>")
         elif kind == "p":
             out.append(f"<p>{_inline_md(block[1])}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline_md(item)}</li>" for item in block[1]) + "</ul>")
         elif kind == "table":
             head = "".join(f"<th>{_inline_md(h)}</th>" for h in block[1])
             body = "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in row) + "</tr>" for row in block[2])
@@ -343,7 +350,8 @@ def comparison_metric(groups: list[Group]) -> str:
     return "test_acc" if finished and all("test_acc" in r.summary for r in finished) else "final_val_acc"
 
 
-def build_report(root: str | Path, out: str | Path | None = None, command: str = "", note: str = "") -> Path:
+def build_report(root: str | Path, out: str | Path | None = None, command: str = "", note: str = "",
+                 baseline: str = "") -> Path:
     """Write report.md, its figures and report.html; return the markdown path."""
     root = Path(root)
     left_out: list[tuple[Path, str]] = []
@@ -376,6 +384,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
         doc.para(f"**Left out**: {len(left_out)} run(s) whose files are damaged: "
                  + "; ".join(f"`{p}`: {why}" for p, why in left_out) + ".")
     doc.para(describe_runs(groups))
+    against_baseline(doc, groups, metric, baseline)
 
     header = ["configuration", "family", "seeds", "params", "MACs", "final val err (%)", "best val err (%)"]
     header += ["test err (%)"] if has_test else []
@@ -443,6 +452,36 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     out.write_text(to_markdown(doc, out.parent))
     out.with_suffix(".html").write_text(to_html(doc, title))
     return out
+
+
+def against_baseline(doc: Doc, groups: list[Group], metric: str, baseline: str = "") -> None:
+    """The report's first answer: each configuration's error against the baseline's (the first
+    configuration unless named), by how much, and whether that is larger than the seed spread."""
+    if baseline and baseline not in {g.label for g in groups}:
+        raise UserError(f"--baseline {baseline!r} is not a configuration of this report; "
+                        f"its configurations: {', '.join(g.label for g in groups)}")
+    base = next((g for g in groups if g.label == baseline), groups[0]) if groups else None
+    others = [g for g in groups if g is not base]
+    if base is None or not others or not len(base.errors(metric)):
+        return
+    lines = []
+    for g in others:
+        d = difference(base.errors(metric), g.errors(metric))
+        if d is None:
+            lines.append(f"{g.label}: no finished run yet.")
+            continue
+        verdict = ("lower" if d.mean < 0 else "higher") if d.mean else "equal"
+        if d.n_base < 2 or d.n_other < 2:
+            judged = f"{d.n_base} / {d.n_other} seeds: the seed-to-seed spread is not known yet"
+        else:
+            judged = ("larger than the seed-to-seed spread (the seeds do not overlap)" if d.beyond_spread
+                      else "not larger than the seed-to-seed spread")
+            judged += (f"; std {d.base_std:.2f} / {d.other_std:.2f} over {d.n_base} / {d.n_other} seeds"
+                       + (f", Welch p = {d.p_value:.3f}" if d.p_value is not None else ""))
+        lines.append(f"{g.label}: {metric_name(metric)} {abs(d.mean):.2f} percentage points {verdict} than "
+                     f"{base.label}'s ({judged}).")
+    doc.heading(f"Against {base.label}")
+    doc.bullets(lines)
 
 
 def describe_runs(groups: list[Group]) -> str:
