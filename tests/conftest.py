@@ -11,6 +11,17 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() 
 torch.set_num_threads(THREADS)
 
 
+def load_script(relative: str, name: str | None = None):
+    """A repository script (scripts/x.py, hubconf.py) imported as a module, without sys.path changes."""
+    import importlib.util
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args, cwd=None, timeout=300, **kwargs):
     """Run `python -m selfreg ARGS` and return the CompletedProcess (text mode)."""
     return selfreg(*args, cwd=cwd or REPO, timeout=timeout, **kwargs)

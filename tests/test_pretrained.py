@@ -3,7 +3,9 @@
 Nothing is trained: a registry of weights is built in tmp_path from seeded untrained models
 exported with `selfreg export`'s own code, and $SELFREG_PRETRAINED_DIR points at it (the
 package folder is never written). The real manifest (empty until weights are trained) is
-checked for shape, and each of its entries, when there are some, for file, sha256 and load.
+checked for shape, and each of its entries, when there are some, for file, sha256, load and the
+logits its run's final checkpoint gave on a fixed input (tests/data/pretrained_logits.json,
+written by scripts/publish_runs.py when the file was published).
 """
 import hashlib
 import importlib.util
@@ -15,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_script
 from procs import env_with_src, run
 from selfreg import import_hooks, pretrained
 from selfreg.cli import main as cli_main
@@ -169,6 +171,9 @@ def real_entries():
     return pretrained.load_manifest(pretrained.PACKAGE_DIR)
 
 
+REFERENCE_LOGITS = REPO / "tests" / "data" / "pretrained_logits.json"
+
+
 def test_shipped_manifest_is_well_formed():
     raw = json.loads((pretrained.PACKAGE_DIR / pretrained.MANIFEST).read_text())
     assert raw["format"] == pretrained.FORMAT and isinstance(raw["weights"], list)
@@ -177,6 +182,9 @@ def test_shipped_manifest_is_well_formed():
     assert all(w.model in names for w in entries)
     files = {p.name for p in pretrained.PACKAGE_DIR.glob("*.safetensors")}
     assert files == {w.file for w in entries}, "every shipped file has one manifest entry and vice versa"
+    if entries:
+        checked = set(json.loads(REFERENCE_LOGITS.read_text()))
+        assert {w.label for w in entries} <= checked, "every shipped file has reference logits (publish_runs.py)"
 
 
 @pytest.mark.parametrize("weights", real_entries(), ids=lambda w: w.label)
@@ -188,6 +196,11 @@ def test_every_shipped_weight_verifies_and_loads(weights, monkeypatch):
     h, w = header["transform"]["image_size"]
     out = logits(model, torch.zeros(2, header["in_chans"], h, w))
     assert out.shape == (2, len(header["classes"])) and torch.isfinite(out).all()
+    # The same logits as its run's final checkpoint gave on the fixed input when it was published
+    # (scripts/publish_runs.py): the file is that checkpoint, without the checkpoint at hand.
+    reference = json.loads(REFERENCE_LOGITS.read_text())[weights.label]
+    x = load_script("scripts/publish_runs.py").reference_input(header["in_chans"], (h, w))
+    torch.testing.assert_close(logits(model, x), torch.tensor(reference), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- selfreg models --pretrained
@@ -219,9 +232,7 @@ def test_torch_hub_local(shipped):
 
 
 def test_hubconf_has_every_model():
-    spec = importlib.util.spec_from_file_location("selfreg_hubconf_test", REPO / "hubconf.py")
-    hubconf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hubconf)
+    hubconf = load_script("hubconf.py", "selfreg_hubconf_test")
     public = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
     assert public == set(hub_names()) and {"resnet20", "rrnet20_gru", "rrnet56_lstm"} <= public
     assert "torch" in hubconf.dependencies

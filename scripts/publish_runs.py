@@ -1,0 +1,190 @@
+"""Publish a sweep's finished runs: their results into the docs, their final weights into the package.
+
+    python scripts/publish_runs.py ~/selfreg-runs/table3-budget --data DATA \\
+        --results docs/results/table3-budget --tag cifar10-budget --default-seed 0
+
+For every finished run of the sweep (summary.json written), in the sweep's order:
+1. results: config.yaml, summary.json, metrics.csv, speed.json, provenance.json, source.patch
+   (when not empty) and plots/ are copied to RESULTS/<label>/s<seed>/, and the sweep's
+   sweep.yaml to RESULTS/, so `selfreg report RESULTS` works on the copy (no checkpoints: they
+   stay in the sweep folder).
+2. weights: the run's final checkpoint (checkpoints/last.pt: the weights after the last epoch,
+   the ones its final validation accuracy was measured on, never the best epoch's) is exported
+   by `selfreg export --format safetensors`'s code to WEIGHTS/<model>-<tag>-s<seed>.safetensors.
+3. accuracy: the file is evaluated on the validation split by `selfreg eval`'s code
+   (benchmarks/reeval_pretrained.py measures the same way) and must give the run's own final
+   validation accuracy, image for image; otherwise nothing is written for that run.
+4. manifest: the file's entry (tag <tag>-s<seed>; the --default-seed run also answers to <tag>
+   and is the model's default) replaces any older entry of that model and tag in
+   WEIGHTS/manifest.json.
+5. checks: the run's final checkpoint's logits on a fixed input (REFERENCE_INPUT) go to
+   tests/data/pretrained_logits.json, so the tests can show that each shipped file is that
+   checkpoint without the checkpoint (or any data) at hand.
+Then RESULTS/weights.md lists every shipped file of the tag: model, seed, validation accuracy,
+sha256, size, the command that trains it again and the commit it ran from.
+
+WEIGHTS is the package's src/selfreg/weights (or $SELFREG_PRETRAINED_DIR). Re-running is safe:
+a published run is exported and checked again and its entries are replaced, not duplicated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from selfreg import pretrained  # noqa: E402
+from selfreg.errors import UserError  # noqa: E402
+
+RESULT_FILES = ("config.yaml", "summary.json", "metrics.csv", "speed.json", "provenance.json")
+LOGITS = REPO / "tests" / "data" / "pretrained_logits.json"
+REFERENCE_SEED = 0
+REFERENCE_BATCH = 2
+
+
+def reference_input(in_chans: int, size: tuple[int, int]) -> torch.Tensor:
+    """The fixed input the logits checks use: seeded standard normal noise (CPU generator)."""
+    g = torch.Generator().manual_seed(REFERENCE_SEED)
+    return torch.randn(REFERENCE_BATCH, in_chans, *size, generator=g)
+
+
+def finished_runs(sweep: Path) -> list[dict]:
+    """The sweep record's runs (label, seed, dir) whose summary.json exists, in the sweep's order."""
+    record_path = sweep / "sweep.yaml"
+    if not record_path.is_file():
+        raise UserError(f"{sweep} has no sweep.yaml; pass the folder `selfreg sweep -o` wrote")
+    record = yaml.safe_load(record_path.read_text()) or {}
+    return [run for run in record.get("runs", []) if (sweep / run["dir"] / "summary.json").is_file()]
+
+
+def copy_results(run_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    patch = run_dir / "source.patch"
+    if patch.is_file() and patch.stat().st_size:
+        shutil.copy2(patch, dest / patch.name)
+    if (run_dir / "plots").is_dir():
+        shutil.copytree(run_dir / "plots", dest / "plots", dirs_exist_ok=True)
+
+
+def rerun_command(record: dict, run: dict) -> str:
+    """One command that trains exactly this run again (data.root left for the user to fill in)."""
+    return (f"selfreg sweep {record.get('recipe', 'RECIPE')} --only {shlex.quote(run['label'])} "
+            f"--seeds {run['seed']} data.root=DATA")
+
+
+def export_final(run_dir: Path, path: Path):
+    """checkpoints/last.pt -> safetensors at `path`, checked against the checkpoint; (trained, path)."""
+    from selfreg.use.export import export
+    from selfreg.use.trained import load_trained
+
+    trained = load_trained(run_dir / "checkpoints" / "last.pt", device="cpu")
+    result = export(trained, "safetensors", path, check=True)
+    for extra in result.files[1:]:     # the JSON sidecar: the header holds the same, the package needs one file
+        extra.unlink()
+    return trained, result.path
+
+
+def measured_accuracy(path: Path, data_root: str) -> tuple[float, int]:
+    """Top-1 and image count on the val split, by the code behind `selfreg eval`."""
+    from selfreg.use.evaluate import eval_data_config, eval_split, evaluate_split
+    from selfreg.use.trained import load_trained
+
+    trained = load_trained(path, device="cpu")
+    images = eval_split(trained, eval_data_config(trained, None, data_root, []), "val", "cpu")
+    result = evaluate_split(trained.model, images, trained.classes)
+    return result.top1, result.count
+
+
+def reference_logits(trained) -> list[list[float]]:
+    h, w = trained.transform.image_size
+    with torch.no_grad():
+        return trained.model.eval()(reference_input(trained.in_chans, (h, w))).tolist()
+
+
+def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: int,
+            weights: Path, logits_file: Path = LOGITS, log=print) -> list[dict]:
+    """Steps 1-5 of the module's docstring for every finished run; the manifest's entries."""
+    runs = finished_runs(sweep)
+    record = yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}
+    if not runs:
+        raise UserError(f"no finished run under {sweep} yet (no summary.json)")
+    old = pretrained.load_manifest(weights) if (weights / pretrained.MANIFEST).is_file() else []
+    manifest = {(w.model, w.tag): w.to_dict() for w in old}
+    logits = json.loads(logits_file.read_text()) if logits_file.is_file() else {}
+    for run in runs:
+        run_dir = sweep / run["dir"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        model = summary["model"]
+        seed_tag = f"{tag}-s{run['seed']}"
+        copy_results(run_dir, results / run["dir"])
+        trained, path = export_final(run_dir, weights / f"{model}-{seed_tag}.safetensors")
+        top1, count = measured_accuracy(path, data_root)
+        if abs(top1 - summary["final_val_acc"]) * count >= 0.5:
+            path.unlink()
+            raise UserError(f"{path.name}: selfreg eval measures {100 * top1:.2f}% on val, the run's final "
+                            f"validation accuracy was {100 * summary['final_val_acc']:.2f}%; not published")
+        default = run["seed"] == default_seed
+        entry = pretrained.make_entry(path, seed_tag, top1, rerun_command(record, run),
+                                      aliases=[tag] if default else [], default=default)
+        manifest[(model, seed_tag)] = entry
+        logits[f"{model}:{seed_tag}"] = reference_logits(trained)
+        log(f"{model} s{run['seed']}: {100 * top1:.2f}% val ({count} images), {path.name} sha256 {entry['sha256'][:12]}")
+    shutil.copy2(sweep / "sweep.yaml", results / "sweep.yaml")
+    entries = list(manifest.values())
+    pretrained.write_manifest(entries, weights)
+    logits_file.parent.mkdir(parents=True, exist_ok=True)
+    logits_file.write_text(json.dumps(logits, indent=1, sort_keys=True) + "\n")
+    write_weights_table(results / "weights.md", [e for e in entries if e["tag"].startswith(f"{tag}-")], weights, tag)
+    return entries
+
+
+def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str) -> None:
+    lines = [f"# Shipped weights: `{tag}`", "",
+             "Written by `python scripts/publish_runs.py` from the sweep's finished runs: each file is its run's "
+             "final checkpoint (after the last epoch), exported as safetensors into `src/selfreg/weights/`. "
+             "Top-1 is measured on the file by `selfreg eval`'s code on the 5,000-image validation split of "
+             "the CIFAR-10 JPEG copy and equals the run's own final validation accuracy; "
+             "`python benchmarks/reeval_pretrained.py --data DATA` measures it again.", "",
+             f'Load one: `selfreg.create_model("rrnet20_gru", pretrained="{tag}")` (seed 0, the default) or '
+             f'`pretrained="{tag}-s1"`; `selfreg models --pretrained` lists them.', "",
+             "| model | tag | val top-1 | sha256 | size | command (data.root = the unpacked JPEG copy) | commit |",
+             "|---|---|---|---|---|---|---|"]
+    for e in sorted(entries, key=lambda e: (e["model"], e["tag"])):
+        size = (weights / e["file"]).stat().st_size
+        names = e["tag"] + "".join(f", {a}" for a in e["aliases"]) + (" (default)" if e["default"] else "")
+        lines.append(f"| {e['model']} | {names} | {100 * e['val_accuracy']:.2f}% | `{e['sha256']}` | "
+                     f"{size / 1e6:.2f} MB | `{e['command']}` | {e['commit'][:12]} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep", type=Path, help="the sweep folder (selfreg sweep -o)")
+    p.add_argument("--data", required=True, metavar="DIR", help="data.root of the runs (to measure val accuracy)")
+    p.add_argument("--results", type=Path, required=True, metavar="DIR", help="e.g. docs/results/table3-budget")
+    p.add_argument("--tag", required=True, help="weights tag; each file is TAG-s<seed>")
+    p.add_argument("--default-seed", type=int, default=0, help="the seed whose file TAG names (default 0)")
+    args = p.parse_args(argv)
+    try:
+        entries = publish(args.sweep.expanduser(), args.data, args.results, args.tag, args.default_seed,
+                          pretrained.weights_dir())
+    except UserError as exc:
+        print(f"publish_runs: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(entries)} manifest entries; results in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""scripts/publish_runs.py: a finished sweep's results into a results folder, its final weights into a
+weights folder with a manifest, checked against `selfreg eval`, with reference logits for the tests.
+
+A tiny digits sweep (bundled data: offline) is published into tmp_path; the package's own weights
+folder and tests/data are never written here.
+"""
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import load_script
+from selfreg import pretrained
+from selfreg.analysis.report import build_report
+from selfreg.errors import UserError
+from selfreg.factory import create_model
+from selfreg.sweep import expand, run_sweep
+
+RECIPE = {
+    "model": {"name": "resnet20"},
+    "data": {"name": "digits", "image_size": 8, "batch_size": 32, "subset": 64, "val_fraction": 32},
+    "optim": {"lr": 0.05},
+    "train": {"epochs": 1, "tensorboard": False, "progress": "none"},
+    "sweep": {"name": "tiny", "seeds": [0, 1], "grid": {"model.name": ["resnet20"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def publish_runs():
+    return load_script("scripts/publish_runs.py")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pub")
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+    plan = expand(tmp / "tiny.yaml", out=tmp / "sw")
+    run_sweep(plan, command="selfreg sweep tiny.yaml", log=lambda line: None)
+    return tmp / "sw"
+
+
+def test_publishes_results_weights_manifest_and_logits(publish_runs, sweep, tmp_path, monkeypatch):
+    weights, results, logits_file = tmp_path / "weights", tmp_path / "results", tmp_path / "logits.json"
+    args = (sweep, "unused", results, "digits-tiny", 0, weights, logits_file)
+    entries = publish_runs.publish(*args, log=lambda line: None)
+    assert [(e["model"], e["tag"], e["aliases"], e["default"]) for e in entries] == [
+        ("resnet20", "digits-tiny-s0", ["digits-tiny"], True), ("resnet20", "digits-tiny-s1", [], False)]
+    assert entries[0]["command"] == f"selfreg sweep {sweep.parent / 'tiny.yaml'} --only resnet20 --seeds 0 data.root=DATA"
+    assert sorted(p.name for p in weights.iterdir()) == [
+        "manifest.json", "resnet20-digits-tiny-s0.safetensors", "resnet20-digits-tiny-s1.safetensors"]
+
+    # The file's accuracy is the run's final validation accuracy; its logits are the final checkpoint's.
+    reference = json.loads(logits_file.read_text())
+    monkeypatch.setenv(pretrained.ENV_DIR, str(weights))
+    for e, seed in zip(entries, (0, 1)):
+        summary = json.loads((sweep / "resnet20" / f"s{seed}" / "summary.json").read_text())
+        assert e["val_accuracy"] == pytest.approx(summary["final_val_acc"], abs=1e-9)
+        model = create_model("resnet20", pretrained=e["tag"]).eval()
+        with torch.no_grad():
+            out = model(publish_runs.reference_input(1, (8, 8)))
+        torch.testing.assert_close(out, torch.tensor(reference[f"resnet20:{e['tag']}"]), rtol=1e-5, atol=1e-5)
+
+    # Results: what a report needs, no checkpoints; the report works on the copy.
+    run0 = results / "resnet20" / "s0"
+    assert {"config.yaml", "summary.json", "metrics.csv", "provenance.json"} <= {p.name for p in run0.iterdir()}
+    assert not list(results.rglob("*.pt"))
+    assert "| resnet20 |" in build_report(results, tmp_path / "rep" / "report.md").read_text()
+    table = (results / "weights.md").read_text()
+    assert entries[0]["sha256"] in table and "digits-tiny-s0, digits-tiny (default)" in table
+
+    # Again: entries replaced, not duplicated.
+    assert len(publish_runs.publish(*args, log=lambda line: None)) == 2
+    assert len(pretrained.load_manifest(weights)) == 2
+
+
+def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):
+    with pytest.raises(UserError, match="has no sweep.yaml"):
+        publish_runs.publish(tmp_path, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"runs": [{"label": "a", "seed": 0, "dir": "a/s0"}]}))
+    with pytest.raises(UserError, match="no finished run"):
+        publish_runs.publish(tmp_path, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
+
+
+def test_a_file_that_disagrees_with_its_run_is_not_published(publish_runs, sweep, tmp_path, monkeypatch):
+    monkeypatch.setattr(publish_runs, "measured_accuracy", lambda path, root: (0.0, 32))
+    with pytest.raises(UserError, match="selfreg eval measures 0.00% on val.*not published"):
+        publish_runs.publish(sweep, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
+    assert not list((tmp_path / "w").glob("*.safetensors")) and not (tmp_path / "w" / "manifest.json").exists()
