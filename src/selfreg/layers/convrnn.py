@@ -35,15 +35,17 @@ How the light form is computed (same parameters and state-dict keys, same values
 float rounding; tests/test_convrnn.py checks outputs and gradients against the formulation
 above, kept as `GateConv.reference` and each cell's `reference_forward`):
 
-- One gate at a time (`light_gates`). Step (1) for gate g is a per-channel multiply-add,
-  w_x * x_i + w_h * h_i (broadcast over X and H, no interleaved copy of [X, H], no grouped
-  convolution); step (2) is gate g's depthwise 3x3 (filters i*k + g of the module's own
-  depthwise weight). Every tensor is then the size of X and in X's memory layout: in
+- One gate at a time (`light_gates`), with the 1x1 weights folded into the 3x3 filters:
+  both steps are linear, so gate g is K_g * (w_x X + w_h H) = (w_x K_g) * X + (w_h K_g) * H,
+  two depthwise 3x3 convolutions (of X and of H, filters scaled per channel: 9N numbers)
+  and an add. No full-size per-channel multiply or reduction is left for autograd (the
+  depthwise backward computes the weight gradients), no interleaved copy of [X, H] and no
+  grouped convolution; every tensor is the size of X and in X's memory layout, so in
   channels_last the depthwise 3x3 runs on oneDNN's NHWC kernel (several times faster on
-  the CPU than the NCHW one), nothing k times larger than X is allocated (large fresh
-  allocations page-fault on the CPU), and the backward pass never splits or re-stacks a
-  (B, N, k, H, W) tensor. Plain tensor operations throughout: autograd, TorchScript, ONNX
-  export and torch.compile (which fuses the element-wise work) see the same code.
+  the CPU than the NCHW one) and nothing k times larger than X is allocated. Plain tensor
+  operations throughout: autograd, TorchScript, ONNX export and torch.compile see the
+  same code. (One GRU cell step at 128x16x32x32, NHWC, forward and backward, 2 CPU
+  threads: 57 ms folded against 126 ms for a multiply-add before each depthwise.)
 - Activations: ConvGRU updates the state with one `lerp` ((1 - z) * H + z * n); ConvLSTM
   forms f * C + i * g with one `addcmul`.
 For timings of both formulations, and of the light form against the full one, see the
@@ -118,21 +120,24 @@ def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> tuple[
     """The light form's k gate pre-activations, each (B, N, H, W), one gate at a time.
 
     Group i of the grouped 1x1 maps (x_i, h_i) to gate g's map as
-    w[i*k+g, 0] * x_i + w[i*k+g, 1] * h_i: a per-channel multiply-add (no interleaved copy
-    of X and H, no grouped convolution), followed by gate g's depthwise 3x3 (the filters
-    i*k + g of the module's depthwise convolution). Computing each gate on its own keeps
-    every tensor the size of X and in X's memory layout: in channels_last the depthwise 3x3
-    runs on oneDNN's NHWC kernel, several times faster on the CPU than the NCHW one, and
-    no (B, N, k, H, W) stack is split and re-assembled in the backward pass.
+    w[i*k+g, 0] * x_i + w[i*k+g, 1] * h_i, and gate g's depthwise 3x3 (filter K = the
+    filters i*k + g of the module's depthwise convolution) follows. Both steps are linear,
+    so K * (w_x x + w_h h) = (w_x K) * x + (w_h K) * h: each gate is two depthwise 3x3
+    convolutions, of X and of H, with the 1x1 weights folded into their (tiny) filters,
+    plus the bias. No per-channel multiply of a full map is left, forward or backward (the
+    weight gradients come out of the convolutions' own backward instead of full-size
+    products and reductions), and every tensor is the size of X and in X's memory layout:
+    in channels_last the depthwise 3x3 runs on oneDNN's NHWC kernel, several times faster
+    on the CPU than the NCHW one.
     """
     mix, depthwise = conv
     n = x.shape[1]
-    w = mix.weight.view(n, -1, 2)                                   # (N, k, 2): w_x, w_h of gate g
+    w = mix.weight.view(n, -1, 2, 1, 1, 1)                          # (N, k, 2): w_x, w_h of gate g
     k = w.shape[1]
     filters = depthwise.weight.view(n, k, 1, 3, 3)
     bias = depthwise.bias.view(n, k)
-    return tuple(F.conv2d(torch.addcmul(x * w[:, g, 0, None, None], h, w[:, g, 1, None, None]),
-                          filters[:, g], bias[:, g], padding=1, groups=n) for g in range(k))
+    return tuple(F.conv2d(x, filters[:, g] * w[:, g, 0], bias[:, g], padding=1, groups=n)
+                 .add_(F.conv2d(h, filters[:, g] * w[:, g, 1], None, padding=1, groups=n)) for g in range(k))
 
 
 class ConvCell(nn.Module):
