@@ -93,9 +93,14 @@ def test_sigint_mid_epoch_saves_then_resume_is_exact(tmp_path, reference):
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err
     state = final_state(tmp_path / "i")
     assert state["epoch"] < 3
+    stopped = state.get("progress")          # stopped mid-epoch: the time spent on it so far is kept
     done = resume(tmp_path / "i")
     assert done.returncode == 0, done.stderr
     assert_same_run(tmp_path / "i", reference)
+    if stopped:
+        rows = (tmp_path / "i" / "metrics.csv").read_text().splitlines()
+        col = rows[0].split(",").index("seconds")
+        assert float(rows[state["epoch"] + 1].split(",")[col]) >= stopped["seconds"] > 0
 
 
 def test_resume_of_a_folder_that_is_not_a_run(cli, tmp_path):

@@ -70,6 +70,7 @@ class EpochProgress:
     correct: float = 0.0
     seen: int = 0
     skipped: int = 0
+    seconds: float = 0.0      # wall time spent on the epoch before a stop, so a resumed epoch's time is whole
 
 
 @dataclass
@@ -476,16 +477,17 @@ class Run:
         loader = self.loaders["train"]
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        start = time.perf_counter()
         # The lr at the epoch's first step (also right when resuming mid-epoch).
         lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0]((epoch - 1) * len(loader))
         bar = Progress(cfg.train.progress, len(loader), f"epoch {epoch}", enabled=self.ctx.is_main)
         progress = self.progress or EpochProgress()
         self.progress = None
+        start = time.perf_counter() - progress.seconds
         try:
             train = train_one_epoch(self.train_model, loader, self.optimizer, self.scheduler, self.opts,
                                     epoch, progress, stop, bar)
         except Interrupted:
+            progress.seconds = time.perf_counter() - start
             self.epoch, self.progress = epoch - 1, progress
             self.save()
             raise Interrupted(f"{stop.signal_name}: saved a checkpoint at epoch {epoch}, batch "
