@@ -300,6 +300,8 @@ def write_data(kind: str, root: Path, monkeypatch) -> None:
     elif kind == "stl10":
         w.write_stl10(root, train=50)
         w.register_stl10_md5s(monkeypatch, root)
+    elif kind == "folder":      # an image folder carved into train / val (the JPEG copy's layout)
+        w.write_image_folder(root, per_class=60, size=32)
     elif kind == "imagenet":
         w.write_image_folder(root, per_class=24, size=40)
         w.write_image_folder(root, per_class=4, size=40, split="val", seed=1)
@@ -310,7 +312,7 @@ def write_data(kind: str, root: Path, monkeypatch) -> None:
 def test_smoke_variant_trains(recipe, tmp_path, monkeypatch):
     plan = expand(recipe, smoke=True, seeds=[0])
     last = plan.labels[-1]                    # the last grid point: c100 / deepest / regulated models
-    overrides = [f"data.root={tmp_path / 'data'}"]
+    overrides = [f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}"]
     if plan.jobs[0].config.data.subset > 64:      # keep the suite quick: 64 of the smoke's images
         overrides.append("data.subset=64")
     plan = expand(recipe, smoke=True, seeds=[0], only=[last], overrides=overrides, out=tmp_path / "sw")
