@@ -41,14 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure(weights: Weights, args: argparse.Namespace, device) -> tuple[float, int]:
     """(top-1, images) of one shipped file, by `selfreg eval`'s code."""
-    from selfreg.use.evaluate import eval_data_config, eval_split, evaluate_split
-    from selfreg.use.trained import load_trained
+    from selfreg.use.evaluate import measure_file
 
-    trained = load_trained(verified_path(weights), name=weights.model, device=device)
-    data_cfg = eval_data_config(trained, args.dataset, args.data, args.overrides)
-    images = eval_split(trained, data_cfg, args.split or weights.split, device)
-    result = evaluate_split(trained.model, images, trained.classes)
-    return result.top1, result.count
+    return measure_file(verified_path(weights), args.data, args.split or weights.split, args.dataset,
+                        args.overrides, device, name=weights.model)
 
 
 def agrees(stated: float, measured: float, images: int, tolerance_pp: float) -> bool:

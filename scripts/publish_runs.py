@@ -97,13 +97,9 @@ def export_final(run_dir: Path, path: Path):
 
 def measured_accuracy(path: Path, data_root: str) -> tuple[float, int]:
     """Top-1 and image count on the val split, by the code behind `selfreg eval`."""
-    from selfreg.use.evaluate import eval_data_config, eval_split, evaluate_split
-    from selfreg.use.trained import load_trained
+    from selfreg.use.evaluate import measure_file
 
-    trained = load_trained(path, device="cpu")
-    images = eval_split(trained, eval_data_config(trained, None, data_root, []), "val", "cpu")
-    result = evaluate_split(trained.model, images, trained.classes)
-    return result.top1, result.count
+    return measure_file(path, data_root, "val")
 
 
 def reference_logits(trained) -> list[list[float]]:

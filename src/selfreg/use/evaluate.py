@@ -256,3 +256,16 @@ def summary_lines(result: EvalResult, header: dict[str, Any], max_classes: int =
     width = max(len(c) for c in names)
     lines += [f"  {c:<{width}}  {100 * per[c]['acc']:6.2f}%  ({per[c]['images']} images)" for c in names]
     return lines
+
+
+def measure_file(path: str | Path, root: str | None, split: str, dataset: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = (), device: torch.device | str = "cpu",
+                 name: str | None = None) -> tuple[float, int]:
+    """(top-1, images) of a checkpoint or weights file on `split`, as `selfreg eval` measures it
+    (its own data config unless `dataset` names another; no TTA)."""
+    from .trained import load_trained
+
+    trained = load_trained(path, name=name, device=device)
+    images = eval_split(trained, eval_data_config(trained, dataset, root, overrides), split, device)
+    result = evaluate_split(trained.model, images, trained.classes)
+    return result.top1, result.count
