@@ -180,7 +180,8 @@ def test_report_answers_against_the_baseline_first(tiny_sweep, tmp_path):
     text = build_report(sweep_dir, tmp_path / "rep" / "report.md", baseline="rrnet20_gru").read_text()
     assert "## Against rrnet20_gru" in text and "- resnet20: final validation error" in text
     with pytest.raises(UserError, match="--baseline 'nope' is not a configuration.*resnet20, rrnet20_gru"):
-        build_report(sweep_dir, tmp_path / "rep" / "report.md", baseline="nope")
+        build_report(sweep_dir, tmp_path / "nothing" / "report.md", baseline="nope")
+    assert not (tmp_path / "nothing").exists()
 
 
 @pytest.mark.parametrize("base, other, mean, separated, beyond", [

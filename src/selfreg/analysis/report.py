@@ -356,6 +356,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     root = Path(root)
     left_out: list[tuple[Path, str]] = []
     groups, record = collect(root, left_out)
+    base = baseline_group(groups, baseline)          # before anything is written
     out = Path(out) if out else root / "report.md"
     figures = out.parent / f"{out.stem}-figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -384,7 +385,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
         doc.para(f"**Left out**: {len(left_out)} run(s) whose files are damaged: "
                  + "; ".join(f"`{p}`: {why}" for p, why in left_out) + ".")
     doc.para(describe_runs(groups))
-    against_baseline(doc, groups, metric, baseline)
+    against_baseline(doc, groups, metric, base)
 
     header = ["configuration", "family", "seeds", "params", "MACs", "final val err (%)", "best val err (%)"]
     header += ["test err (%)"] if has_test else []
@@ -454,15 +455,20 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     return out
 
 
-def against_baseline(doc: Doc, groups: list[Group], metric: str, baseline: str = "") -> None:
-    """The report's first answer: each configuration's error against the baseline's (the first
-    configuration unless named), by how much, and whether that is larger than the seed spread."""
-    if baseline and baseline not in {g.label for g in groups}:
+def baseline_group(groups: list[Group], baseline: str = "") -> Group:
+    """The configuration named `baseline` (default: the first); an unknown name is one line."""
+    found = next((g for g in groups if g.label == baseline), None) if baseline else groups[0]
+    if found is None:
         raise UserError(f"--baseline {baseline!r} is not a configuration of this report; "
                         f"its configurations: {', '.join(g.label for g in groups)}")
-    base = next((g for g in groups if g.label == baseline), groups[0]) if groups else None
+    return found
+
+
+def against_baseline(doc: Doc, groups: list[Group], metric: str, base: Group) -> None:
+    """The report's first answer: each configuration's error against the baseline's, by how
+    much, and whether that is larger than the seed spread."""
     others = [g for g in groups if g is not base]
-    if base is None or not others or not len(base.errors(metric)):
+    if not others or not len(base.errors(metric)):
         return
     lines = []
     for g in others:
