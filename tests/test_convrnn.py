@@ -113,9 +113,9 @@ def test_user_errors_name_the_valid_choices():
 
 
 # ---------------------------------------------------------------- the fast path
-def _steps(cell, x, forward, steps=3):
-    """Run `steps` recurrent steps from zeros; return every hidden map."""
-    state, hs = cell.init_state(x), []
+def _steps(cell, x, forward, steps=3, first=None):
+    """Run `steps` recurrent steps from `first` (None: zeros); return every hidden map."""
+    state, hs = first, []
     for _ in range(steps):
         h, state = forward(x, state)
         hs.append(h)
@@ -137,7 +137,9 @@ def test_fast_path_equals_the_reference_formulation(cell, form, layout):
     if layout == "channels_last":
         c, x = c.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    fast, ref = _steps(c, x, c.forward), _steps(c, x, c.reference_forward)
+    # The fast path starts as the model runs it (state None: the zero terms skipped), the
+    # reference from explicit zeros.
+    fast, ref = _steps(c, x, c.forward), _steps(c, x, c.reference_forward, first=c.init_state(x))
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     weights = torch.randn_like(fast)
     inputs = [x, *c.parameters()]
@@ -158,6 +160,12 @@ def test_light_gates_keep_the_layout_and_pass_gradcheck(layout):
     gates = light_gates(conv, x, h)
     assert len(gates) == 2 and all(g.shape == x.shape and g.is_contiguous(memory_format=layout) for g in gates)
     assert torch.autograd.gradcheck(lambda a, b: light_gates(conv, a, b), (x, h))
+    # h=None is a zero state: same gates as explicit zeros, any subset in the order asked
+    zeros = torch.zeros_like(h)
+    for which in [(0, 1), (1,), (1, 0)]:
+        for a, b in zip(light_gates(conv, x, None, which), light_gates(conv, x, zeros, which)):
+            torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda a: light_gates(conv, a, None, (1,)), (x,))
 
 
 @pytest.mark.parametrize("cell", list(GATES))

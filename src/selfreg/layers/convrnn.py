@@ -50,7 +50,13 @@ above, kept as `GateConv.reference` and each cell's `reference_forward`):
 For timings of both formulations, and of the light form against the full one, see the
 step_time section of docs/performance.md (benchmarks/step_time.py).
 
-Each cell: `forward(x, state) -> (h, new_state)`, `init_state(x)` -> zeros like `x`.
+- The first step of a stage starts from zeros, passed as `state=None`: the terms that
+  read the state are skipped rather than computed on zeros (the H-side convolutions, and
+  ConvGRU's reset gate and ConvLSTM's forget gate, which only ever multiply the state).
+  The result and every gradient are the same as from explicit zeros (tested).
+
+Each cell: `forward(x, state) -> (h, new_state)` with `state=None` meaning zeros,
+`init_state(x)` -> the zero state explicitly (zeros like `x`).
 """
 from __future__ import annotations
 
@@ -95,10 +101,14 @@ class GateConv(nn.Module):
         self.channels, self.gates, self.form = channels, gates, form
         self.conv = FORMS[form](channels, gates)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.form == "full":
-            return self.reference(x, h)
-        return light_gates(self.conv, x, h)
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None,
+                which: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+        """Gates `which` (default: all), in that order. `h=None` is a state of zeros."""
+        which = tuple(range(self.gates)) if which is None else which
+        if self.form == "light":
+            return light_gates(self.conv, x, h, which)
+        gates = self.reference(x, torch.zeros_like(x) if h is None else h)
+        return tuple(gates[g] for g in which)
 
     def reference(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`forward` as first written (interleaved copy, grouped 1x1): the tests' reference."""
@@ -115,8 +125,9 @@ def interleave(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.stack((x, h), dim=2).flatten(1, 2)
 
 
-def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The light form's k gate pre-activations, each (B, N, H, W), one gate at a time.
+def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor | None,
+                which: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+    """The light form's gate pre-activations `which` (default all k), each (B, N, H, W).
 
     Group i of the grouped 1x1 maps (x_i, h_i) to gate g's map as
     w[i*k+g, 0] * x_i + w[i*k+g, 1] * h_i, and gate g's depthwise 3x3 (filter K = the
@@ -128,6 +139,8 @@ def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> tuple[
     products and reductions), and every tensor is the size of X and in X's memory layout:
     in channels_last the depthwise 3x3 runs on oneDNN's NHWC kernel, several times faster
     on the CPU than the NCHW one.
+    `h=None` stands for a state of zeros (a stage's first step): its convolutions, which
+    would add exactly zero to the gates and to every gradient, are not run.
     """
     mix, depthwise = conv
     n = x.shape[1]
@@ -135,8 +148,13 @@ def light_gates(conv: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> tuple[
     k = w.shape[1]
     filters = depthwise.weight.view(n, k, 1, 3, 3)
     bias = depthwise.bias.view(n, k)
-    return tuple(F.conv2d(x, filters[:, g] * w[:, g, 0], bias[:, g], padding=1, groups=n)
-                 .add_(F.conv2d(h, filters[:, g] * w[:, g, 1], None, padding=1, groups=n)) for g in range(k))
+    gates = []
+    for g in range(k) if which is None else which:
+        gate = F.conv2d(x, filters[:, g] * w[:, g, 0], bias[:, g], padding=1, groups=n)
+        if h is not None:
+            gate = gate.add_(F.conv2d(h, filters[:, g] * w[:, g, 1], None, padding=1, groups=n))
+        gates.append(gate)
+    return tuple(gates)
 
 
 class ConvCell(nn.Module):
@@ -151,6 +169,10 @@ class ConvCell(nn.Module):
 
     def init_state(self, x: torch.Tensor) -> Any:
         return torch.zeros_like(x)  # same shape, device and dtype as the input
+
+    def state_or_zeros(self, x: torch.Tensor, state: Any) -> Any:
+        """`state`, or the zero state for `x` when it is None (the first step)."""
+        return self.init_state(x) if state is None else state
 
     def with_hidden(self, state: Any, h: torch.Tensor) -> Any:
         """The state with its hidden map replaced by `h` (e.g. a normalized copy)."""
@@ -174,13 +196,13 @@ class ConvRNN(ConvCell):
         super().__init__(channels, form)
         self.conv = GateConv(channels, 1, form)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         (a,) = self.conv(x, state)
         h = torch.tanh(a)
         return h, h
 
-    def reference_forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (a,) = self.conv.reference(x, state)
+    def reference_forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        (a,) = self.conv.reference(x, self.state_or_zeros(x, state))
         h = torch.tanh(a)
         return h, h
 
@@ -198,7 +220,12 @@ class ConvGRU(ConvCell):
         self.gates = GateConv(channels, 2, form)
         self.candidate = GateConv(channels, 1, form)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if state is None:  # H = 0: r * H = 0, so r has no effect, and H' = z * n
+            (z,) = self.gates(x, None, which=(0,))
+            (a,) = self.candidate(x, None)
+            h = torch.sigmoid(z) * torch.tanh(a)
+            return h, h
         z, r = (torch.sigmoid(a) for a in self.gates(x, state))
         (a,) = self.candidate(x, r * state)
         n = torch.tanh(a)
@@ -206,7 +233,8 @@ class ConvGRU(ConvCell):
         h = torch.lerp(state.to(dtype), n.to(dtype), z.to(dtype))      # (1 - z) * H + z * n
         return h, h
 
-    def reference_forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference_forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        state = self.state_or_zeros(x, state)
         z, r = (torch.sigmoid(a) for a in self.gates.reference(x, state))
         (n,) = self.candidate.reference(x, r * state)
         h = (1 - z) * state + z * torch.tanh(n)
@@ -237,15 +265,20 @@ class ConvLSTM(ConvCell):
         with torch.no_grad():
             self.gates.gate_bias()[:, 1] = 1.0  # gate order: i, f, o, g
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
+        if state is None:  # H = C = 0: f * C = 0, so f has no effect, and C' = i * g
+            i, o, g = self.gates(x, None, which=(0, 2, 3))
+            c = torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            return h, (h, c)
         h, c = state
         i, f, o, g = self.gates(x, h)
         c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))  # f * C + i * g
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
-    def reference_forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        h, c = state
+    def reference_forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
+        h, c = self.state_or_zeros(x, state)
         i, f, o, g = self.gates.reference(x, h)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

@@ -114,9 +114,7 @@ class _Regulated(nn.Module):
     def regulate(self, x2: torch.Tensor, cell: ConvCell, state: Any) -> tuple[torch.Tensor, Any]:
         """[H, C] = ReLU(BN(ConvRNN(X2, state))): returns H and the state for the next block."""
         x2 = self.tap_input(x2)
-        if state is None:  # first block of the stage
-            state = cell.init_state(x2)
-        h, state = cell(x2, state)
+        h, state = cell(x2, state)  # state None in the first block of the stage: zeros
         h = self.tap_state(torch.relu(self.bn_state(h)))
         if self.carry_normalized:
             state = cell.with_hidden(state, h)

@@ -4,8 +4,8 @@
     result.max_abs_diff          # exported vs PyTorch on random inputs at batch sizes 1 and 3
 
 Every exported graph has a dynamic batch axis: it is traced at batch EXPORT_BATCH and run
-at CHECK_BATCHES (other sizes) for the check. The RegNet regulator's state is created in
-forward as zeros shaped like the block's map (`init_state`), so it follows the batch too.
+at CHECK_BATCHES (other sizes) for the check. The RegNet regulator's state starts in
+forward as None (zeros, whose terms are skipped), so nothing batch-sized is baked in.
 ONNX tries torch.onnx's dynamo exporter, then the TorchScript-based one ("auto"); a
 model neither can export is a one-line error naming why.
 """
