@@ -267,3 +267,22 @@ def test_macs_count_the_reference_cells():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         plain.eval()(torch.zeros(1, 3, 32, 32))
     assert macs == counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("regulator", ["rnn", "gru", "lstm"])
+def test_one_block_stages_give_every_state_weight_a_gradient(regulator):
+    # With one block a stage's cell runs once, from zeros: it must not skip the state-side
+    # terms (their weights would get no gradient at all: DDP fails, weight decay skips them).
+    from selfreg.layers.convrnn import use_reference_cells
+    from selfreg.models.regnet import RRNetCifar
+
+    torch.manual_seed(0)
+    model = RRNetCifar(1, regulator=regulator)
+    assert all(not c.skip_zero_state for c in cells(model))
+    assert all(c.skip_zero_state for c in cells(create_model(f"rrnet20_{regulator}")))
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(out, use_reference_cells(model)(x))

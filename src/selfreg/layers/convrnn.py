@@ -170,6 +170,16 @@ class ConvCell(nn.Module):
     def init_state(self, x: torch.Tensor) -> Any:
         return torch.zeros_like(x)  # same shape, device and dtype as the input
 
+    # Whether a None state skips the terms that read it (see the module doc). Only sound when
+    # the cell runs again later in the same forward, where those weights get their gradients:
+    # a one-step use (a one-block RegStage sets False) computes on real zeros instead, so every
+    # parameter still gets a (zero) gradient, as DDP and weight decay expect.
+    skip_zero_state = True
+
+    def first_state(self, x: torch.Tensor, state: Any) -> Any:
+        """`state`, or for None: None (skip its terms) or the zero state (`skip_zero_state`)."""
+        return self.init_state(x) if state is None and not self.skip_zero_state else state
+
     def state_or_zeros(self, x: torch.Tensor, state: Any) -> Any:
         """`state`, or the zero state for `x` when it is None (the first step)."""
         return self.init_state(x) if state is None else state
@@ -197,7 +207,7 @@ class ConvRNN(ConvCell):
         self.conv = GateConv(channels, 1, form)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        (a,) = self.conv(x, state)
+        (a,) = self.conv(x, self.first_state(x, state))
         h = torch.tanh(a)
         return h, h
 
@@ -221,6 +231,7 @@ class ConvGRU(ConvCell):
         self.candidate = GateConv(channels, 1, form)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        state = self.first_state(x, state)
         if state is None:  # H = 0: r * H = 0, so r has no effect, and H' = z * n
             (z,) = self.gates(x, None, which=(0,))
             (a,) = self.candidate(x, None)
@@ -266,6 +277,7 @@ class ConvLSTM(ConvCell):
             self.gates.gate_bias()[:, 1] = 1.0  # gate order: i, f, o, g
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
+        state = self.first_state(x, state)
         if state is None:  # H = C = 0: f * C = 0, so f has no effect, and C' = i * g
             i, o, g = self.gates(x, None, which=(0, 2, 3))
             c = torch.sigmoid(i) * torch.tanh(g)

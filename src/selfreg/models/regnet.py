@@ -190,6 +190,9 @@ class RegStage(nn.Module):
         super().__init__()
         self.cell = cell
         self.blocks = nn.ModuleList(blocks)
+        # A one-block stage runs its cell once: its first step must compute on real zeros so
+        # the state-side weights get their (zero) gradients (ConvCell.skip_zero_state).
+        cell.skip_zero_state = len(blocks) > 1
 
     def __iter__(self) -> Iterator[nn.Module]:
         return iter(self.blocks)
