@@ -51,9 +51,10 @@ For timings of both formulations, and of the light form against the full one, se
 step_time section of docs/performance.md (benchmarks/step_time.py).
 
 - The first step of a stage starts from zeros, passed as `state=None`: the terms that
-  read the state are skipped rather than computed on zeros (the H-side convolutions, and
-  ConvGRU's reset gate and ConvLSTM's forget gate, which only ever multiply the state).
-  The result and every gradient are the same as from explicit zeros (tested).
+  read the state are skipped rather than computed on zeros (the light form's H-side
+  convolutions, and ConvGRU's reset gate and ConvLSTM's forget gate, which only ever
+  multiply the state; the full form convolves real zeros). The result and every gradient
+  are the same as from explicit zeros (tested).
 
 Each cell: `forward(x, state) -> (h, new_state)` with `state=None` meaning zeros,
 `init_state(x)` -> the zero state explicitly (zeros like `x`).
@@ -176,13 +177,12 @@ class ConvCell(nn.Module):
     # parameter still gets a (zero) gradient, as DDP and weight decay expect.
     skip_zero_state = True
 
-    def first_state(self, x: torch.Tensor, state: Any) -> Any:
-        """`state`, or for None: None (skip its terms) or the zero state (`skip_zero_state`)."""
-        return self.init_state(x) if state is None and not self.skip_zero_state else state
-
-    def state_or_zeros(self, x: torch.Tensor, state: Any) -> Any:
-        """`state`, or the zero state for `x` when it is None (the first step)."""
-        return self.init_state(x) if state is None else state
+    def start_state(self, x: torch.Tensor, state: Any, skip: bool) -> Any:
+        """`state`. None is the zero state: it stays None (its terms skipped) when `skip` and
+        `skip_zero_state` allow it, else it becomes real zeros (`init_state`)."""
+        if state is None and not (skip and self.skip_zero_state):
+            return self.init_state(x)
+        return state
 
     def with_hidden(self, state: Any, h: torch.Tensor) -> Any:
         """The state with its hidden map replaced by `h` (e.g. a normalized copy)."""
@@ -207,12 +207,12 @@ class ConvRNN(ConvCell):
         self.conv = GateConv(channels, 1, form)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        (a,) = self.conv(x, self.first_state(x, state))
+        (a,) = self.conv(x, self.start_state(x, state, skip=True))
         h = torch.tanh(a)
         return h, h
 
     def reference_forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        (a,) = self.conv.reference(x, self.state_or_zeros(x, state))
+        (a,) = self.conv.reference(x, self.start_state(x, state, skip=False))
         h = torch.tanh(a)
         return h, h
 
@@ -231,7 +231,7 @@ class ConvGRU(ConvCell):
         self.candidate = GateConv(channels, 1, form)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.first_state(x, state)
+        state = self.start_state(x, state, skip=True)
         if state is None:  # H = 0: r * H = 0, so r has no effect, and H' = z * n
             (z,) = self.gates(x, None, which=(0,))
             (a,) = self.candidate(x, None)
@@ -245,7 +245,7 @@ class ConvGRU(ConvCell):
         return h, h
 
     def reference_forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.state_or_zeros(x, state)
+        state = self.start_state(x, state, skip=False)
         z, r = (torch.sigmoid(a) for a in self.gates.reference(x, state))
         (n,) = self.candidate.reference(x, r * state)
         h = (1 - z) * state + z * torch.tanh(n)
@@ -277,7 +277,7 @@ class ConvLSTM(ConvCell):
             self.gates.gate_bias()[:, 1] = 1.0  # gate order: i, f, o, g
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
-        state = self.first_state(x, state)
+        state = self.start_state(x, state, skip=True)
         if state is None:  # H = C = 0: f * C = 0, so f has no effect, and C' = i * g
             i, o, g = self.gates(x, None, which=(0, 2, 3))
             c = torch.sigmoid(i) * torch.tanh(g)
@@ -290,7 +290,7 @@ class ConvLSTM(ConvCell):
         return h, (h, c)
 
     def reference_forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
-        h, c = self.state_or_zeros(x, state)
+        h, c = self.start_state(x, state, skip=False)
         i, f, o, g = self.gates.reference(x, h)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
