@@ -6,7 +6,8 @@
 For each entry of the manifest (src/selfreg/weights/manifest.json, or $SELFREG_PRETRAINED_DIR's):
 the file is checked against its sha256, loaded, and evaluated on the split the entry names
 ("val" unless it says otherwise) by the code behind `selfreg eval` (selfreg.use.evaluate):
-the file's own data config with data.root = --data, its saved eval transform, no TTA.
+the file's own data config with data.root = --data, its saved eval transform, no TTA, in the
+memory layout the entry names (channels_last: the layout its run measured in).
 The table gives model, tag, the manifest's top-1, the measured top-1 and whether they are
 equal: the same count of correct images (or within --tolerance percentage points).
 
@@ -44,7 +45,7 @@ def measure(weights: Weights, args: argparse.Namespace, device) -> tuple[float, 
     from selfreg.use.evaluate import measure_file
 
     return measure_file(verified_path(weights), args.data, args.split or weights.split, args.dataset,
-                        args.overrides, device, name=weights.model)
+                        args.overrides, device, name=weights.model, channels_last=weights.channels_last)
 
 
 def agrees(stated: float, measured: float, images: int, tolerance_pp: float) -> bool:

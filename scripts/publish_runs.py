@@ -12,8 +12,9 @@ For every finished run of the sweep (summary.json written), in the sweep's order
    the ones its final validation accuracy was measured on, never the best epoch's) is exported
    by `selfreg export --format safetensors`'s code to WEIGHTS/<model>-<tag>-s<seed>.safetensors.
 3. accuracy: the file is evaluated on the validation split by `selfreg eval`'s code
-   (benchmarks/reeval_pretrained.py measures the same way) and must give the run's own final
-   validation accuracy, image for image; otherwise nothing is written for that run.
+   (benchmarks/reeval_pretrained.py measures the same way) in the memory layout the run measured
+   in (its summary's speed.channels_last, kept in the manifest entry) and must give the run's own
+   final validation accuracy, image for image; otherwise nothing is written for that run.
 4. manifest: the file's entry (tag <tag>-s<seed>; the --default-seed run also answers to <tag>
    and is the model's default) replaces any older entry of that model and tag in
    WEIGHTS/manifest.json.
@@ -43,6 +44,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from selfreg import pretrained  # noqa: E402
 from selfreg.errors import UserError  # noqa: E402
+from selfreg.sweep import write_record  # noqa: E402
 
 RESULT_FILES = ("config.yaml", "summary.json", "metrics.csv", "speed.json", "provenance.json")
 LOGITS = REPO / "tests" / "data" / "pretrained_logits.json"
@@ -95,11 +97,12 @@ def export_final(run_dir: Path, path: Path):
     return trained, result.path
 
 
-def measured_accuracy(path: Path, data_root: str) -> tuple[float, int]:
-    """Top-1 and image count on the val split, by the code behind `selfreg eval`."""
+def measured_accuracy(path: Path, data_root: str, channels_last: bool) -> tuple[float, int]:
+    """Top-1 and image count on the val split, by the code behind `selfreg eval`, in the memory
+    layout the run measured its own accuracy in."""
     from selfreg.use.evaluate import measure_file
 
-    return measure_file(path, data_root, "val")
+    return measure_file(path, data_root, "val", channels_last=channels_last)
 
 
 def reference_logits(trained) -> list[list[float]]:
@@ -125,18 +128,21 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
         seed_tag = f"{tag}-s{run['seed']}"
         copy_results(run_dir, results / run["dir"])
         trained, path = export_final(run_dir, weights / f"{model}-{seed_tag}.safetensors")
-        top1, count = measured_accuracy(path, data_root)
+        channels_last = bool(summary.get("speed", {}).get("channels_last", False))
+        top1, count = measured_accuracy(path, data_root, channels_last)
         if abs(top1 - summary["final_val_acc"]) * count >= 0.5:
             path.unlink()
             raise UserError(f"{path.name}: selfreg eval measures {100 * top1:.2f}% on val, the run's final "
                             f"validation accuracy was {100 * summary['final_val_acc']:.2f}%; not published")
         default = run["seed"] == default_seed
         entry = pretrained.make_entry(path, seed_tag, top1, rerun_command(record, run),
-                                      aliases=[tag] if default else [], default=default)
+                                      aliases=[tag] if default else [], default=default,
+                                      channels_last=channels_last)
         manifest[(model, seed_tag)] = entry
         logits[f"{model}:{seed_tag}"] = reference_logits(trained)
         log(f"{model} s{run['seed']}: {100 * top1:.2f}% val ({count} images), {path.name} sha256 {entry['sha256'][:12]}")
-    shutil.copy2(sweep / "sweep.yaml", results / "sweep.yaml")
+    # Merged, not copied: a sweep folder on a new machine holds only that machine's runs.
+    write_record(results / "sweep.yaml", record)
     entries = list(manifest.values())
     pretrained.write_manifest(entries, weights)
     logits_file.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +156,9 @@ def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str
              "Written by `python scripts/publish_runs.py` from the sweep's finished runs: each file is its run's "
              "final checkpoint (after the last epoch), exported as safetensors into `src/selfreg/weights/`. "
              "Top-1 is measured on the file by `selfreg eval`'s code on the 5,000-image validation split of "
-             "the CIFAR-10 JPEG copy and equals the run's own final validation accuracy; "
-             "`python benchmarks/reeval_pretrained.py --data DATA` measures it again.", "",
+             "the CIFAR-10 JPEG copy, in the memory layout the run measured in (the manifest's `channels_last`: "
+             "NHWC and NCHW round differently and can flip a near-tie image), and equals the run's own final "
+             "validation accuracy; `python benchmarks/reeval_pretrained.py --data DATA` measures it again.", "",
              f'Load one: `selfreg.create_model("rrnet20_gru", pretrained="{tag}")` (seed 0, the default) or '
              f'`pretrained="{tag}-s1"`; `selfreg models --pretrained` lists them.', "",
              "| model | tag | val top-1 | sha256 | size | command (data.root = the unpacked JPEG copy) | commit |",

@@ -148,6 +148,7 @@ def valid_entry(**change):
     ([valid_entry(file="../a.safetensors")], "must be a plain"),
     ([valid_entry(tag="a:b")], "no ':'"),
     ([valid_entry(val_accuracy=93.1)], "fraction in"),
+    ([valid_entry(channels_last="yes")], "channels_last must be true or false"),
     ([valid_entry(), valid_entry(tag="u", aliases=["t"])], "resnet20:t names two entries"),
     ([valid_entry(default=True), valid_entry(tag="u", default=True)], "resnet20 has two defaults"),
 ])
@@ -326,6 +327,34 @@ def test_reeval_script_measures_with_selfreg_eval(tmp_path, monkeypatch, capsys)
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[3] == str(metrics["images"]) and cells[5] == f"{100 * metrics['top1']:.2f}%"
         assert cells[6] == ("yes" if code == 0 else "NO")
+
+
+def test_measure_file_in_channels_last_feeds_nhwc_and_counts_the_same_images(tmp_path):
+    """The layout a run measured in (NHWC) is the one its shipped file is checked in."""
+    from selfreg.config import load_config
+    from selfreg.use import evaluate
+
+    data = load_config(None, ["data.name=digits", "data.image_size=16"]).to_dict()["data"]
+    _, path = export_untrained(tmp_path, "r.safetensors", in_chans=1, size=16, data=data,
+                               classes=[str(i) for i in range(10)])
+    seen = []
+    real = evaluate.evaluate_split
+
+    def spy(model, images, classes, **kw):
+        # A weight with more than one input channel tells the layouts apart (the 1-channel input
+        # and first conv are both at once); the hook runs after evaluate_split set the layout.
+        weight = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+        model.register_forward_pre_hook(lambda m, args: seen.append(not weight.is_contiguous()))
+        return real(model, images, classes, **kw)
+
+    evaluate.evaluate_split, nchw = spy, None
+    try:
+        nchw = evaluate.measure_file(path, None, "val")
+        nhwc = evaluate.measure_file(path, None, "val", channels_last=True)
+    finally:
+        evaluate.evaluate_split = real
+    assert seen and not seen[0] and seen[-1]
+    assert nhwc[1] == nchw[1] and abs(nhwc[0] - nchw[0]) * nchw[1] <= 1   # at most a near-tie image
 
 
 def test_no_warning_when_registering_twice():

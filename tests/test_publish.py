@@ -5,6 +5,7 @@ A tiny digits sweep (bundled data: offline) is published into tmp_path; the pack
 folder and tests/data are never written here.
 """
 import json
+import shutil
 
 import pytest
 import torch
@@ -74,6 +75,42 @@ def test_publishes_results_weights_manifest_and_logits(publish_runs, sweep, tmp_
     assert len(pretrained.load_manifest(weights)) == 2
 
 
+def test_results_sweep_record_keeps_runs_published_from_another_machine(publish_runs, sweep, tmp_path):
+    """A sweep folder on a new machine holds only its own runs: publishing merges its record into
+    the results' sweep.yaml, so earlier runs and commands stay listed."""
+    results = tmp_path / "results"
+    results.mkdir()
+    earlier = {"name": "tiny", "labels": ["resnet20"], "seeds": [7], "command": "selfreg sweep old",
+               "runs": [{"label": "resnet20", "seed": 7, "dir": "resnet20/s7", "overrides": {}}]}
+    (results / "sweep.yaml").write_text(yaml.safe_dump(earlier))
+    publish_runs.publish(sweep, "unused", results, "digits-tiny", 0, tmp_path / "w", tmp_path / "l.json",
+                         log=lambda line: None)
+    record = yaml.safe_load((results / "sweep.yaml").read_text())
+    assert [r["dir"] for r in record["runs"]] == ["resnet20/s0", "resnet20/s1", "resnet20/s7"]
+    assert record["seeds"] == [0, 1, 7]
+    assert record["commands"] == ["selfreg sweep old", "selfreg sweep tiny.yaml"]
+
+
+def test_a_run_measured_in_channels_last_is_checked_and_listed_in_it(publish_runs, sweep, tmp_path, monkeypatch):
+    """NHWC and NCHW round differently (a near-tie image can flip), so a run that measured its
+    accuracy in channels_last has its file measured, and its manifest entry marked, in it."""
+    sweep = shutil.copytree(sweep, tmp_path / "sw")        # the module's sweep stays as it is
+    layouts = []
+    real = publish_runs.measured_accuracy
+    monkeypatch.setattr(publish_runs, "measured_accuracy",
+                        lambda path, root, channels_last: layouts.append(channels_last) or real(path, root, channels_last))
+    for seed in (0, 1):
+        summary_file = sweep / "resnet20" / f"s{seed}" / "summary.json"
+        summary = json.loads(summary_file.read_text())
+        summary.setdefault("speed", {})["channels_last"] = seed == 1
+        summary_file.write_text(json.dumps(summary))
+    entries = publish_runs.publish(sweep, "unused", tmp_path / "r", "digits-tiny", 0, tmp_path / "w",
+                                   tmp_path / "l.json", log=lambda line: None)
+    assert layouts == [False, True]
+    assert [w.channels_last for w in pretrained.load_manifest(tmp_path / "w")] == [False, True]
+    assert [e["channels_last"] for e in entries] == [False, True]
+
+
 def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):
     with pytest.raises(UserError, match="has no sweep.yaml"):
         publish_runs.publish(tmp_path, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
@@ -83,7 +120,7 @@ def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):
 
 
 def test_a_file_that_disagrees_with_its_run_is_not_published(publish_runs, sweep, tmp_path, monkeypatch):
-    monkeypatch.setattr(publish_runs, "measured_accuracy", lambda path, root: (0.0, 32))
+    monkeypatch.setattr(publish_runs, "measured_accuracy", lambda path, root, channels_last: (0.0, 32))
     with pytest.raises(UserError, match="selfreg eval measures 0.00% on val.*not published"):
         publish_runs.publish(sweep, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
     assert not list((tmp_path / "w").glob("*.safetensors")) and not (tmp_path / "w" / "manifest.json").exists()

@@ -73,6 +73,9 @@ class Weights:
     aliases: tuple[str, ...] = ()
     default: bool = False
     split: str = "val"
+    # The memory layout val_accuracy was measured in: the run's own (its speed.json), because
+    # NHWC and NCHW convolutions round differently and can flip a near-tie image.
+    channels_last: bool = False
     root: Path = field(default=PACKAGE_DIR, compare=False)
 
     @property
@@ -164,8 +167,9 @@ def _entry(item: Any, index: int, root: Path, source: str) -> Weights:
     accuracy = item["val_accuracy"]
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 1:
         raise UserError(f"{where}: val_accuracy must be a fraction in [0, 1] (top-1), got {accuracy!r}")
-    if not isinstance(item.get("default", False), bool):
-        raise UserError(f"{where}: default must be true or false")
+    for key in ("default", "channels_last"):
+        if not isinstance(item.get(key, False), bool):
+            raise UserError(f"{where}: {key} must be true or false")
     return Weights(**{**item, "aliases": tuple(aliases), "val_accuracy": float(accuracy)}, root=root)
 
 
@@ -260,7 +264,8 @@ def table(entries: list[Weights]) -> list[str]:
 
 
 def make_entry(path: str | Path, tag: str, val_accuracy: float, command: str, *, aliases: Iterable[str] = (),
-               default: bool = False, split: str = "val", commit: str | None = None) -> dict[str, Any]:
+               default: bool = False, split: str = "val", commit: str | None = None,
+               channels_last: bool = False) -> dict[str, Any]:
     """A manifest entry for a weights file: model name and commit read from its header, sha256 computed.
 
     `commit` defaults to the one in the file's provenance (the run's). Check the result with
@@ -275,7 +280,7 @@ def make_entry(path: str | Path, tag: str, val_accuracy: float, command: str, *,
         commit = str(run.get("commit") or "unknown") + ("-dirty" if run.get("dirty") else "")
     return {"model": loaded.name, "tag": tag, "aliases": list(aliases), "default": default, "file": path.name,
             "sha256": sha256_of(path), "val_accuracy": val_accuracy, "split": split, "command": command,
-            "commit": commit}
+            "commit": commit, "channels_last": channels_last}
 
 
 def write_manifest(entries: list[dict[str, Any]], root: str | Path) -> Path:

@@ -285,7 +285,7 @@ def write_record(path: Path, new: dict) -> None:
         runs = {r["dir"]: r for r in old.get("runs", [])}
         runs.update({r["dir"]: r for r in new["runs"]})
         order = {label: i for i, label in enumerate(labels)}
-        commands = [c for c in old.get("commands", [old.get("command")]) if c] + [new["command"]]
+        commands = [c for part in (old, new) for c in part.get("commands", [part.get("command")]) if c]
         new = {**new, "labels": labels, "command": commands[-1], "commands": list(dict.fromkeys(commands)),
                "seeds": sorted({r["seed"] for r in runs.values()}),
                "runs": sorted(runs.values(), key=lambda r: (order[r["label"]], r["seed"]))}

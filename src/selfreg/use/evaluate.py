@@ -169,16 +169,23 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5) -> EvalResult:
+def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5,
+                   channels_last: bool = False) -> EvalResult:
+    """`channels_last` evaluates in NHWC, as a run that trained in it measured its accuracy (the
+    two layouts round differently, so a near-tie image can flip between them)."""
     if tta not in TTA:
         raise UserError(f"unknown --tta {tta!r}; valid: {', '.join(TTA)}")
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     n = len(classes)
     k = min(k, n)
     confusion = torch.zeros(n, n, dtype=torch.long)
     loss_sum, top1, topk, seen = 0.0, 0, 0, 0
     for images, labels in data.loader:
         labels = data.label_map.to(labels.device)[labels]
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         logp = TTA[tta](model, images)                                   # (B, classes)
         loss_sum += F.nll_loss(logp, labels, reduction="sum").item()
         best = logp.topk(k, dim=1).indices                               # (B, k)
@@ -260,12 +267,12 @@ def summary_lines(result: EvalResult, header: dict[str, Any], max_classes: int =
 
 def measure_file(path: str | Path, root: str | None, split: str, dataset: str | None = None,
                  overrides: list[str] | tuple[str, ...] = (), device: torch.device | str = "cpu",
-                 name: str | None = None) -> tuple[float, int]:
+                 name: str | None = None, channels_last: bool = False) -> tuple[float, int]:
     """(top-1, images) of a checkpoint or weights file on `split`, as `selfreg eval` measures it
-    (its own data config unless `dataset` names another; no TTA)."""
+    (its own data config unless `dataset` names another; no TTA), in NHWC when `channels_last`."""
     from .trained import load_trained
 
     trained = load_trained(path, name=name, device=device)
     images = eval_split(trained, eval_data_config(trained, dataset, root, overrides), split, device)
-    result = evaluate_split(trained.model, images, trained.classes)
+    result = evaluate_split(trained.model, images, trained.classes, channels_last=channels_last)
     return result.top1, result.count
