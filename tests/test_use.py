@@ -116,6 +116,18 @@ def test_eval_writes_numbers_and_confusion_matrix(sel, runs, digits_test):
     assert "top-1" in proc.stdout and "per-class accuracy" in proc.stdout
 
 
+def test_eval_in_channels_last_counts_the_same_images(sel, runs, tmp_path):
+    """--channels-last measures in NHWC (the layout of a channels_last run); the counts agree with
+    NCHW up to a near-tie image."""
+    numbers = []
+    for flags in ([], ["--channels-last"]):
+        proc = sel("eval", runs["resnet"], *flags, "-o", tmp_path / str(len(flags)))
+        assert proc.returncode == 0, proc.stderr
+        numbers.append(json.loads((tmp_path / str(len(flags)) / "metrics.json").read_text()))
+    nchw, nhwc = numbers
+    assert nhwc["images"] == nchw["images"] and abs(nhwc["top1"] - nchw["top1"]) * nchw["images"] <= 1
+
+
 def test_eval_matches_the_engine_and_an_image_folder(sel, runs, digits_test, tmp_path):
     """Plain eval equals the engine's evaluate; the same images as a folder give the same numbers."""
     from selfreg.train.engine import StepOptions, evaluate

@@ -131,7 +131,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, device=device)
     data_cfg = eval_data_config(trained, args.data, args.root, args.overrides)
     images = eval_split(trained, data_cfg, args.split, device)
-    result = evaluate_split(trained.model, images, trained.classes, tta=args.tta, k=args.topk)
+    result = evaluate_split(trained.model, images, trained.classes, tta=args.tta, k=args.topk,
+                            channels_last=args.channels_last)
     header = {"checkpoint": str(trained.source), "model": trained.name, "dataset": data_cfg.name,
               "split": args.split}
     out = Path(args.out) if args.out else default_out_dir(trained, data_cfg.name, args.split, args.tta)
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", default="none", choices=["none", "flip"],
                           help="test-time augmentation: flip averages the image and its mirror")
     evaluate.add_argument("--topk", type=int, default=5, help="k of the top-k accuracy (default 5)")
+    evaluate.add_argument("--channels-last", action="store_true",
+                          help="evaluate in NHWC, as a run trained in channels_last measured itself (the "
+                               "layouts round differently: a near-tie image can flip)")
     evaluate.add_argument("-o", "--out", metavar="DIR", help="output folder (default RUN/eval/<split>)")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_eval)
