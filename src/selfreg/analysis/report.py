@@ -412,7 +412,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     doc.heading("Results")
     doc.table(header, rows)
     notes = ["Errors are 100 − accuracy, mean ± sample std over the finished seeds (never the best seed); "
-             "`seeds` counts finished / planned runs. Final = after the last epoch; best = the best epoch's "
+             "`seeds` counts finished / started runs (a recipe may plan more). Final = after the last epoch; best = the best epoch's "
              "validation error, which peeks at validation and is shown for reference only."]
     if has_paper:
         notes.append(f"Paper numbers: {paper.get('source', 'as given in the recipe')}. The difference uses our "
