@@ -80,13 +80,14 @@ def test_results_sweep_record_keeps_runs_published_from_another_machine(publish_
     the results' sweep.yaml, so earlier runs and commands stay listed."""
     results = tmp_path / "results"
     results.mkdir()
-    earlier = {"name": "tiny", "labels": ["resnet20"], "seeds": [7], "command": "selfreg sweep old",
-               "runs": [{"label": "resnet20", "seed": 7, "dir": "resnet20/s7", "overrides": {}}]}
+    earlier = {"name": "tiny", "seeds": [7], "command": "selfreg sweep old",          # no labels: hand-edited
+               "runs": [{"label": "vgg11", "seed": 7, "dir": "vgg11/s7", "overrides": {}}]}
     (results / "sweep.yaml").write_text(yaml.safe_dump(earlier))
     publish_runs.publish(sweep, "unused", results, "digits-tiny", 0, tmp_path / "w", tmp_path / "l.json",
                          log=lambda line: None)
     record = yaml.safe_load((results / "sweep.yaml").read_text())
-    assert [r["dir"] for r in record["runs"]] == ["resnet20/s0", "resnet20/s1", "resnet20/s7"]
+    assert [r["dir"] for r in record["runs"]] == ["resnet20/s0", "resnet20/s1", "vgg11/s7"]
+    assert record["labels"] == ["resnet20", "vgg11"]
     assert record["seeds"] == [0, 1, 7]
     assert record["commands"] == ["selfreg sweep old", "selfreg sweep tiny.yaml"]
 

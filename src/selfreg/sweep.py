@@ -281,12 +281,15 @@ def write_record(path: Path, new: dict) -> None:
     """Merge into an existing sweep.yaml, so that sweeps of parts (--only, more seeds) add up."""
     if path.is_file():
         old = yaml.safe_load(path.read_text()) or {}
-        labels = list(old.get("labels", [])) + [x for x in new["labels"] if x not in old.get("labels", [])]
         runs = {r["dir"]: r for r in old.get("runs", [])}
-        runs.update({r["dir"]: r for r in new["runs"]})
+        runs.update({r["dir"]: r for r in new.get("runs", [])})
+        # A hand-edited record may lack labels or commands: take them from what is there.
+        labels = list(dict.fromkeys([*old.get("labels", []), *new.get("labels", []),
+                                     *(r["label"] for r in runs.values())]))
         order = {label: i for i, label in enumerate(labels)}
         commands = [c for part in (old, new) for c in part.get("commands", [part.get("command")]) if c]
-        new = {**new, "labels": labels, "command": commands[-1], "commands": list(dict.fromkeys(commands)),
+        new = {**new, "labels": labels, "command": commands[-1] if commands else None,
+               "commands": list(dict.fromkeys(commands)),
                "seeds": sorted({r["seed"] for r in runs.values()}),
                "runs": sorted(runs.values(), key=lambda r: (order[r["label"]], r["seed"]))}
     path.write_text(yaml.safe_dump(new, sort_keys=False))
