@@ -177,6 +177,10 @@ def test_report_answers_against_the_baseline_first(tiny_sweep, tmp_path):
     text = build_report(sweep_dir, tmp_path / "rep" / "report.md").read_text()
     assert text.index("## Against resnet20") < text.index("## Results")
     assert "- rrnet20_gru: final validation error " in text and "seed-to-seed spread" in text
+    params = {label: json.loads(next((sweep_dir / label).glob("s*/summary.json")).read_text())["params"]
+              for label in ("resnet20", "rrnet20_gru")}
+    extra = 100 * (params["rrnet20_gru"] / params["resnet20"] - 1)
+    assert f", at {extra:+.1f}% parameters and +" in text and "% MACs." in text
     text = build_report(sweep_dir, tmp_path / "rep" / "report.md", baseline="rrnet20_gru").read_text()
     assert "## Against rrnet20_gru" in text and "- resnet20: final validation error" in text
     with pytest.raises(UserError, match="--baseline 'nope' is not a configuration.*resnet20, rrnet20_gru"):

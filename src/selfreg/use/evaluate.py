@@ -184,7 +184,7 @@ def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: s
     loss_sum, top1, topk, seen = 0.0, 0, 0, 0
     for images, labels in data.loader:
         labels = data.label_map.to(labels.device)[labels]
-        if channels_last and images.dim() == 4:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logp = TTA[tta](model, images)                                   # (B, classes)
         loss_sum += F.nll_loss(logp, labels, reduction="sum").item()
