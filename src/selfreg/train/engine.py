@@ -321,12 +321,16 @@ class Run:
             torch.set_num_threads(cfg.train.threads)
         if self.ctx.device.type == "cpu":
             keep_freed_memory()            # large activations reused, not page-faulted every step
-        seed_everything(cfg.train.seed + self.ctx.rank)
         device = self.ctx.device
 
         self.splits = build_dataset(cfg.data)
         self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
                                      rank=self.ctx.rank, world_size=self.ctx.world_size)
+        # Seeded after the data is built, right before the first draw of the run (the model's
+        # init): building data may draw from the global RNGs or not (a DataLoader scanning or
+        # decoding a folder on a cache miss draws its base seed; a cache hit does not), and the
+        # run must not depend on which happened.
+        seed_everything(cfg.train.seed + self.ctx.rank)
         # What the data says; the factory passes img_size on to the models that declare it.
         self.model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
                                   in_chans=self.splits.in_chans, img_size=self.splits.image_size,
