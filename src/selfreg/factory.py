@@ -80,6 +80,23 @@ def build_arguments(name: str, num_classes: int | None, in_chans: int | None, im
     return args
 
 
+def sized_kwargs(kwargs: dict[str, Any], img_size: int | None) -> dict[str, Any]:
+    """A recipe's model.kwargs with the data's image size as `img_size`: the one rule for both.
+
+    The data decides the size the model sees; a model.kwargs.img_size that says the same is
+    fine (the "CIFAR form" of a zoo recipe), one that says otherwise is a one-line error.
+    """
+    given = kwargs.get("img_size")
+    if given is not None and img_size is not None and _pair(given) != _pair(img_size):
+        raise UserError(f"model.kwargs.img_size={given} but the data's images are {img_size} px; set "
+                        f"data.image_size={given} to resize them, or leave model.kwargs.img_size out")
+    return {**kwargs, "img_size": img_size if img_size is not None else given}
+
+
+def _pair(size: Any) -> tuple:
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
 def _call_builder(name: str, args: dict[str, Any]) -> nn.Module:
     try:
         return MODELS.get(name)(**args)

@@ -55,6 +55,8 @@ from .train.engine import Interrupted, fit
 
 # A recipe's `auto` speed settings match the concrete values its run chose (selfreg.train.autotune).
 AUTO_CHOSEN = {"train.amp", "train.channels_last", "train.compile"}
+# A data.val_fraction that a run recorded as null was unused: its dataset has a val split of its own.
+DATA_DECIDED = {"data.val_fraction"}
 
 @dataclass
 class Job:
@@ -209,6 +211,8 @@ def check_same_config(job: Job) -> None:
     wanted = flatten(job.config.to_dict())
     for key in sorted(set(saved) | set(wanted)):
         if key in AUTO_CHOSEN and wanted.get(key) == "auto":
+            continue
+        if key in DATA_DECIDED and saved.get(key) is None:
             continue
         if key not in RESUMABLE_KEYS and saved.get(key) != wanted.get(key):
             raise UserError(f"{job.dir} was trained with {key}={saved.get(key)!r} but the recipe now says "

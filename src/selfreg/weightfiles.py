@@ -33,6 +33,16 @@ from .errors import UserError
 FORMAT_VERSION = 1                 # of run checkpoints
 WEIGHTS_FORMAT = "selfreg-weights/1"
 WEIGHTS_KEY = "selfreg"            # the safetensors header key holding our JSON
+# A weights file travels to other machines: the data config it carries keeps what the data
+# *is* (dataset, size, split) and drops where it lay on the machine that wrote it, so that no
+# user inherits a maintainer's path as a default (the writer drops them; the reader ignores
+# them in files written before).
+MACHINE_DATA_KEYS = ("root", "cache_dir")
+
+
+def portable_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A data config without its machine's paths (MACHINE_DATA_KEYS)."""
+    return {k: v for k, v in data.items() if k not in MACHINE_DATA_KEYS}
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,7 +174,7 @@ def read_weights(path: Path) -> Loaded:
         meta = json.loads(header[WEIGHTS_KEY])
         transform = EvalTransform.from_dict(meta["transform"])
         return Loaded(meta["model_name"], dict(meta.get("model_kwargs") or {}), list(meta["classes"]), transform,
-                      weights, dict(meta.get("data") or {}), dict(meta.get("provenance") or {}))
+                      weights, portable_data(dict(meta.get("data") or {})), dict(meta.get("provenance") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: damaged selfreg metadata ({type(exc).__name__}: {exc})") from None
 

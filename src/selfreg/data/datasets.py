@@ -120,6 +120,8 @@ class DataSplits:
     skipped: int = 0
     # Lines for the run log: conversions, skipped files, cache use.
     notes: list[str] = field(default_factory=list)
+    # True when the dataset has a validation split of its own (data.val_fraction is then unused).
+    own_val: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -164,6 +166,10 @@ def build_dataset(cfg, *, with_test: bool | None = None, needed: Sequence[str] |
     raw = entry.fn(cfg, with_test=with_test, presets=presets, **extra)
 
     train, val = raw.train, raw.val
+    notes = list(raw.notes)
+    if val is not None and cfg.val_fraction is not None:
+        notes.append(f"data.val_fraction={cfg.val_fraction} not used: {cfg.name} has a validation split of its "
+                     f"own ({len(val)} images); the run records data.val_fraction: null")
     if val is None:
         holdout = holdout_count(len(train), raw.val_default if cfg.val_fraction is None else cfg.val_fraction)
         rest, val_idx = split_indices(len(train), holdout, cfg.split_seed)
@@ -177,7 +183,7 @@ def build_dataset(cfg, *, with_test: bool | None = None, needed: Sequence[str] |
     target = resolve_size(cfg.image_size, raw.size)
     pipes = build_pipelines(presets, Context(raw.size, target, raw.channels, channels), mean, std)
     test = raw.test if with_test else None
-    notes = raw.notes + [f"train pipeline: {pipes.train}", f"eval pipeline: {pipes.eval}"]
+    notes += [f"train pipeline: {pipes.train}", f"eval pipeline: {pipes.eval}"]
     return DataSplits(
         Transformed(train, pipes.train), Transformed(val, pipes.eval),
         Transformed(test, pipes.eval) if test is not None else None,
@@ -186,7 +192,7 @@ def build_dataset(cfg, *, with_test: bool | None = None, needed: Sequence[str] |
         eval_spec=EvalTransform(target, channels, list(mean), list(std),
                                 "center_crop" if presets_fix_size(presets) else "resize"),
         in_memory=all(isinstance(d, TensorImages) for d in (train, val, test) if d is not None),
-        skipped=raw.skipped, notes=notes)
+        skipped=raw.skipped, notes=notes, own_val=raw.val is not None)
 
 
 def data_source(cfg) -> tuple[Path, list[Path] | None]:

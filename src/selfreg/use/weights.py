@@ -16,14 +16,14 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ..weightfiles import WEIGHTS_FORMAT, WEIGHTS_KEY
+from ..weightfiles import WEIGHTS_FORMAT, WEIGHTS_KEY, portable_data
 from .trained import Trained
 
 
 def metadata(trained: Trained) -> dict:
     return {"format": WEIGHTS_FORMAT, "model_name": trained.name, "model_kwargs": trained.kwargs,
             "num_classes": trained.num_classes, "in_chans": trained.in_chans, "classes": trained.classes,
-            "transform": trained.transform.to_dict(), "data": trained.data, "provenance": trained.provenance}
+            "transform": trained.transform.to_dict(), "data": portable_data(trained.data), "provenance": trained.provenance}
 
 
 def write_weights(trained: Trained, path: str | Path) -> tuple[Path, Path]:
