@@ -83,6 +83,7 @@ class Plan:
     jobs: list[Job]
     paper: dict = field(default_factory=dict)
     smoke: bool = False
+    launcher: dict = field(default_factory=dict)   # the recipe's `launcher:` section (selfreg.launch)
 
     def record(self, command: str) -> dict:
         """What `sweep.yaml` holds: enough for `selfreg report` and for a person to rerun it."""
@@ -103,6 +104,7 @@ def expand(recipe: str | Path, seeds: list[int] | None = None, smoke: bool = Fal
     recipe = Path(recipe)
     raw = read_yaml(recipe)
     spec = raw.pop("sweep", None) or {}
+    launcher = raw.pop("launcher", None) or {}      # cluster resources: selfreg.launch
     if not isinstance(spec, dict):
         raise UserError(f"{recipe}: the sweep: section must be a mapping (grid:, seeds:, ...)")
     unknown = set(spec) - {"name", "seeds", "grid", "smoke", "paper"}
@@ -130,7 +132,7 @@ def expand(recipe: str | Path, seeds: list[int] | None = None, smoke: bool = Fal
             merged = {**grid_overrides, **smoke_overrides, **cli}
             jobs.append(make_job(raw, label, seed, merged, root))
     paper = spec.get("paper") or {}
-    return Plan(name, root, recipe, [label for label, _ in points], jobs, paper, smoke)
+    return Plan(name, root, recipe, [label for label, _ in points], jobs, paper, smoke, launcher)
 
 
 def grid_points(grid: dict, recipe: Path) -> list[tuple[str, dict]]:
