@@ -41,3 +41,53 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     col = rows_a[0].split(",").index("train_loss")
     for ra, rb in zip(rows_a[1:], rows_b[1:]):
         assert float(ra.split(",")[col]) == pytest.approx(float(rb.split(",")[col]), rel=2e-3)
+
+
+def worker_pids(agent_pid: int) -> list[int]:
+    """The training processes torchrun's agent started (its children running selfreg)."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if int(line.split()[1]) == agent_pid and "selfreg" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_worker_is_restarted_and_its_run_continues_exactly(tmp_path):
+    """torchrun --max-restarts=1, `kill -9` of one worker after an epoch: the restarted workers
+    find their run (train.resume=auto) and continue it, ending with the weights of a run that was
+    never interrupted; no "Grad strides do not match" warning (digits' 1-channel stem)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from procs import REPO, env_with_src, spawn
+
+    args = ["train", "configs/demo.yaml", *ARGS, "train.epochs=4", "data.augment=shift", "train.resume=auto",
+            "model.kwargs.norm_layer=batch", f"train.out_dir={tmp_path}"]
+    reference = torchrun(2, *args, "train.run_name=reference", timeout=300)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    assert "Grad strides do not match" not in reference.stderr, reference.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "-m", "selfreg", *args, "train.run_name=killed"]
+    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
+    with spawn(cmd, cwd=REPO, env=env_with_src(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+               stderr=subprocess.STDOUT, text=True) as agent:
+        deadline = time.time() + 300
+        while not checkpoint.is_file():
+            assert agent.poll() is None and time.time() < deadline, agent.communicate()[0][-3000:]
+            time.sleep(0.1)
+        os.kill(worker_pids(agent.pid)[-1], signal.SIGKILL)
+        out, _ = agent.communicate(timeout=400)
+    assert agent.returncode == 0, out[-3000:]
+    starts = re.findall(r"epochs (\d+)\.\.4", out)
+    assert starts[0] == "1" and len(starts) == 2 and int(starts[1]) > 1, out[-3000:]   # continued, not restarted
+    a = load_checkpoint(checkpoint)
+    b = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for k, ref in b["model"].items():
+        assert torch.equal(a["model"][k], ref), k

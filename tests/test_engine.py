@@ -26,7 +26,8 @@ def test_fit_leaves_a_complete_run_directory(tmp_path):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    # digits has 10 classes: top-5 (val_acc5) beside top-1
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "val_acc5"}
     assert float(rows[0]["lr"]) == pytest.approx(0.1) and float(rows[1]["lr"]) == pytest.approx(0.01)
     # The saved config reproduces the run: the recipe, with train.amp/channels_last/compile=auto
     # made concrete (a short CPU run: fp32, NCHW, eager).

@@ -112,8 +112,8 @@ def test_eval_writes_numbers_and_confusion_matrix(sel, runs, digits_test):
     assert set(metrics) >= {"top1", "top5", "loss", "per_class", "confusion", "classes"}
     cm = np.array(metrics["confusion"])
     assert cm.sum() == metrics["images"] and np.trace(cm) / cm.sum() == pytest.approx(metrics["top1"])
-    assert metrics["top5"] >= metrics["top1"]
-    assert "top-1" in proc.stdout and "per-class accuracy" in proc.stdout
+    assert metrics["top5"] >= metrics["top1"] and metrics["k"] == 5
+    assert "top-1" in proc.stdout and "top-5" in proc.stdout and "per-class accuracy" in proc.stdout
 
 
 def test_eval_in_channels_last_counts_the_same_images(sel, runs, tmp_path):
@@ -136,11 +136,13 @@ def test_eval_matches_the_engine_and_an_image_folder(sel, runs, digits_test, tmp
     splits, images, labels = digits_test
     trained = load_trained(runs["resnet"])
     loader = eval_split(trained, load_config(None, TINY).data, "test").loader
-    engine = evaluate(trained.model, loader, StepOptions(device=torch.device("cpu"), autocast=contextlib.nullcontext))
+    engine = evaluate(trained.model, loader, StepOptions(device=torch.device("cpu"), autocast=contextlib.nullcontext,
+                                                         top5=True))
     proc = sel("eval", runs["resnet"], "-o", tmp_path / "own")
     assert proc.returncode == 0, proc.stderr
     own = json.loads((tmp_path / "own" / "metrics.json").read_text())
     assert own["loss"] == pytest.approx(engine.loss, rel=1e-5) and own["top1"] == pytest.approx(engine.acc)
+    assert own["top5"] == pytest.approx(engine.acc5)
 
     for split in ("train", "test"):                 # folder needs train/; eval reads test/
         for i, (x, y) in enumerate(zip(images, labels)):

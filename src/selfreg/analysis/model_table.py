@@ -41,6 +41,23 @@ MACs: forward multiply-adds for one image (`torch.utils.flop_counter`, half its 
 papers' "FLOPs" columns count them. "32x32" is the CIFAR adaptation; "native" is the
 paper's input size. Sources: `timm` and `torchvision` models are created from those
 libraries by name; `selfreg` models are written here because neither library has them.
+
+The ImageNet models the RegNet paper (Xu et al., TNNLS 2022) compares RegNet-50 with in its
+Table VII, at 1,000 classes and 224 px, against its printed parameters and FLOPs
+(`tests/test_zoo.py`: `PAPER_APPROX`, `PAPER_MISMATCH`):
+
+- `wide_resnet18_2` (WRN-18, widen 2.0): 45,618,216 parameters, 6.70G MACs; printed 45.6M,
+  6.70G (Zagoruyko & Komodakis print 45.6M too). timm's ResNet-18 with stage widths 128-1024;
+  the stem stays 64 wide, so the first stage has a projection shortcut.
+- `resnet101`: 44,549,160 parameters, 7.80G MACs; printed 44.5M (44.6M in the paper's
+  text), 7.51G (7.9G in the text; He et al.: 7.6 billion FLOPs).
+- `se_resnet50`: 28,088,024 parameters (timm `seresnet50`, SE reduction 16), 4.09G MACs;
+  printed 26.7M, 4.14G. The printed count is not an SE-ResNet-50's: it is 0.1M above the
+  paper's own ResNet-50 (26.6M), while the SE blocks add 2.53M to a ResNet-50 (25,557,032 ->
+  28,088,024).
+- `densenet169`: 14,149,480 parameters, 3.36G MACs; printed 28.9M, 7.7G. The printed size is
+  not DenseNet-169's but close to DenseNet-161's (torchvision `densenet161`: 28,681,000
+  parameters, 7.73G MACs); the zoo registers DenseNet-169, the model the row names.
 """
 
 

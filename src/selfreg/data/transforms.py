@@ -167,8 +167,11 @@ class CropFlip(Stage):
         cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]    # (B, 1, W)
         cols = torch.where(flips[:, None, None], cols.flip(2), cols)             # a flip reads columns backwards
         batch = torch.arange(b, device=x.device)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[batch, rows, cols]                       # (B, H, W, C)
-        return out.permute(0, 3, 1, 2).contiguous()
+        out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)   # (B, C, H, W) view
+        # A new tensor in the canonical layout: `.contiguous()` keeps a 1-channel batch's permuted
+        # strides (it counts as contiguous), and convolution's backward then returns the stem's
+        # weight gradient in another layout than the weight's (DDP copies it every step).
+        return torch.empty(out.shape, dtype=out.dtype, device=out.device).copy_(out)
 
     def __repr__(self):
         return f"RandomCrop({self.size[0]}x{self.size[1]}, padding={self.pad})" + (

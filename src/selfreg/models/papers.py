@@ -17,6 +17,7 @@ HE_2016 = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
 SZEGEDY_2016 = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
 IANDOLA_2016 = ("Iandola et al., SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB "
                 "model size, 2016")
+ZAGORUYKO_2016 = "Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016"
 HUANG_2017 = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
 XIE_2017 = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017"
 HOWARD_2017 = ("Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision "

@@ -40,7 +40,7 @@ from .nin import NiN
 from .papers import (CHOLLET_2017, DOSOVITSKIY_2021, HE_2016, HOWARD_2017, HU_2018, HUANG_2017, IANDOLA_2016,
                      KRIZHEVSKY_2012, LECUN_1998_BN, LIN_2014, LIU_2021, MA_2018, REDMON_2018, SANDLER_2018,
                      SIMONYAN_2015, SZEGEDY_2015, SZEGEDY_2016, TAN_2019, TAN_2021, TOLSTIKHIN_2021, TOUVRON_2021,
-                     XIE_2017, ZHANG_2018)
+                     XIE_2017, ZAGORUYKO_2016, ZHANG_2018)
 from .shufflenet_v1 import ShuffleNetV1
 
 Build = Callable[..., nn.Module]  # (num_classes, in_chans, img_size, **kwargs) -> model
@@ -57,6 +57,14 @@ def timm_model(timm_name: str, **defaults: Any) -> Build:
                                  **{**defaults, **kwargs})
 
     build.origin = f"timm `{timm_name}`"
+    return build
+
+
+def timm_widened(timm_name: str, channels: tuple[int, ...]) -> Build:
+    """timm's ResNet `timm_name` with other stage widths: a Wide ResNet (Zagoruyko & Komodakis)
+    of basic blocks, which timm's `base_width` cannot widen (it widens bottlenecks only)."""
+    build = timm_model(timm_name, channels=channels)
+    build.origin = f"timm `{timm_name}`, stage widths {', '.join(map(str, channels))}"
     return build
 
 
@@ -187,14 +195,23 @@ ZOO: tuple[ZooModel, ...] = (
              adapt.inception_v3_stem),
     ZooModel("resnet18", timm_model("resnet18"), 224, "resnet", HE_2016, "resnet.yaml", adapt.resnet_stem),
     ZooModel("resnet34", timm_model("resnet34"), 224, "resnet", HE_2016, "resnet.yaml", adapt.resnet_stem),
+    ZooModel("resnet101", timm_model("resnet101"), 224, "resnet", HE_2016, "resnet.yaml", adapt.resnet_stem),
+    # WRN-18 (widen 2.0) of Xu et al.'s Table VII: ResNet-18 with every stage twice as wide (stem
+    # still 64, so the first stage gets a projection shortcut); 45.6M parameters, as Zagoruyko &
+    # Komodakis print it. Family "resnet": the code path of resnet18 (tests/test_zoo.py).
+    ZooModel("wide_resnet18_2", timm_widened("resnet18", (128, 256, 512, 1024)), 224, "resnet", ZAGORUYKO_2016,
+             "resnet.yaml", adapt.resnet_stem),
     ZooModel("resnext26ts", timm_model("resnext26ts"), 256, "resnext", XIE_2017, "resnext.yaml",
              adapt.resnext_ts_stem),
     ZooModel("resnext50_32x4d", timm_model("resnext50_32x4d"), 224, "resnext", XIE_2017, "resnext.yaml",
              adapt.resnet_stem),
     ZooModel("se_resnet18", timm_model("seresnet18"), 224, "se_resnet", HU_2018, "senet.yaml", adapt.resnet_stem),
+    ZooModel("se_resnet50", timm_model("seresnet50"), 224, "se_resnet", HU_2018, "senet.yaml", adapt.resnet_stem),
     ZooModel("densenet40", selfreg_model(CifarDenseNet, depth=40, growth_rate=12), 32, "densenet_cifar", HUANG_2017,
              "densenet40.yaml"),
     ZooModel("densenet121", timm_model("densenet121"), 224, "densenet", HUANG_2017, "densenet121.yaml",
+             adapt.densenet_stem),
+    ZooModel("densenet169", timm_model("densenet169"), 224, "densenet", HUANG_2017, "densenet121.yaml",
              adapt.densenet_stem),
     ZooModel("mobilenet_v1", timm_model("mobilenetv1_100"), 224, "mobilenet_v1", HOWARD_2017, "mobilenet.yaml",
              adapt.efficientnet_stem),

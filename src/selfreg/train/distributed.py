@@ -106,3 +106,29 @@ def replicas_in_sync(ctx: DistContext, model: torch.nn.Module) -> bool:
     gathered = [torch.empty_like(digest) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, digest)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+def match_grad_layout(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Give every parameter the strides its gradient comes with; return how many changed.
+
+    DDP lays its gradient buckets out like the parameters and copies every gradient whose
+    strides differ ("Grad strides do not match bucket view strides", a copy per bucket per
+    step). Weights with a dimension of size 1 (depthwise [C, 1, k, k], a 1-channel stem) are
+    contiguous in more than one layout, and convolution's backward may return their gradient
+    in another one than the weight's. One backward of a copy of the model on `example` (the
+    run's input shape and memory format) says which; the model itself is not run, and the
+    global RNG is left as it was.
+    """
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    devices = [example.device] if example.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        probe(example).float().sum().backward()
+    changed = 0
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), probe.parameters()):
+            if q.grad is not None and q.grad.stride() != p.stride():
+                p.data = torch.empty_strided(p.shape, q.grad.stride(), dtype=p.dtype, device=p.device).copy_(p.data)
+                changed += 1
+    return changed

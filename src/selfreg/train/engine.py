@@ -13,25 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from .. import provenance
 from ..complexity import count_parameters
-from ..config import Config, changed_keys, load_config, save_config
+from ..config import Config, changed_keys, flatten, load_config, refused_change, save_config
 from ..data import build_dataset, build_loaders
 from ..data.datasets import data_source
 from ..errors import UserError
-from ..factory import create_model
+from ..factory import create_model, sized_kwargs
 from ..stats import mean_std
 from ..version import __version__
 from . import autotune
@@ -43,7 +45,7 @@ from .checkpoint import (check_writable, load_checkpoint, load_model_state, remo
                          save_checkpoint, set_rng_state)
 from .checks import check_config
 from .logging import MetricsCSV, Progress, TensorBoard, plot_curves, read_metrics
-from .optim import SAM, build_optimizer, build_scheduler
+from .optim import SAM, build_optimizer, build_scheduler, schedule_factor
 
 
 class TrainingDiverged(UserError):
@@ -60,6 +62,7 @@ class EpochStats:
     acc: float
     count: int
     skipped: int = 0
+    acc5: float | None = None     # top-5, counted by `evaluate` when StepOptions.top5 is set
 
 
 @dataclass
@@ -89,6 +92,8 @@ class StepOptions:
     ctx: dist_utils.DistContext = field(default_factory=dist_utils.DistContext)
     # Under DDP the stop flag is agreed on every N steps (a collective); alone, every step.
     stop_check_every: int = 1
+    # `evaluate` also counts top-5 accuracy (the Run sets it for datasets of more than 5 classes).
+    top5: bool = False
 
 
 class StopFlag:
@@ -229,12 +234,20 @@ def stop_agreed(stop: StopFlag, opts: StepOptions) -> bool:
     return flag.item() > 0
 
 
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """How many rows of `logits` (B, classes) hold their label among their k largest values:
+    a tensor on the logits' device (no host sync). Ties are broken by `torch.topk`."""
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, opts: StepOptions) -> EpochStats:
-    """Loss and top-1 accuracy, summed over ranks; sharded eval sets hold no duplicates."""
+    """Loss and top-1 accuracy (and top-5 under `opts.top5`), summed over ranks; sharded eval
+    sets hold no duplicates. Counts stay on the device until the end: one read, not one per batch."""
     model.eval()
     loss_sum = torch.zeros((), device=opts.device, dtype=torch.float64)
     correct = torch.zeros((), device=opts.device, dtype=torch.float64)
+    correct5 = torch.zeros((), device=opts.device, dtype=torch.float64)
     seen = torch.zeros((), device=opts.device, dtype=torch.float64)
     for images, labels in loader:
         images, labels = to_device(images, labels, opts)
@@ -242,10 +255,13 @@ def evaluate(model: nn.Module, loader, opts: StepOptions) -> EpochStats:
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
+        if opts.top5:
+            correct5 += topk_correct(logits, labels, 5)
         seen += labels.size(0)
-    loss_sum, correct, seen = dist_utils.all_reduce_sum(opts.ctx, loss_sum, correct, seen)
+    loss_sum, correct, seen, correct5 = dist_utils.all_reduce_sum(opts.ctx, loss_sum, correct, seen, correct5)
     n = max(1.0, seen.item())
-    return EpochStats(loss_sum.item() / n, correct.item() / n, int(seen.item()))
+    return EpochStats(loss_sum.item() / n, correct.item() / n, int(seen.item()),
+                      acc5=correct5.item() / n if opts.top5 else None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -254,12 +270,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def run_name(cfg: Config) -> str:
+    return cfg.train.run_name or f"{cfg.model.name}-{cfg.data.name}-s{cfg.train.seed}"
+
+
 def make_run_dir(cfg: Config) -> Path:
-    """out_dir/run_name, with a numeric suffix when that folder already holds a run."""
-    name = cfg.train.run_name or f"{cfg.model.name}-{cfg.data.name}-s{cfg.train.seed}"
-    base = Path(cfg.train.out_dir) / name
+    """out_dir/run_name, with a numeric suffix when that folder already holds a run (under
+    train.resume=auto the folder itself: what it holds has no checkpoint, see run_to_continue)."""
+    base = Path(cfg.train.out_dir) / run_name(cfg)
     path, k = base, 1
-    while (path / "config.yaml").exists():
+    while (path / "config.yaml").exists() and cfg.train.resume != "auto":
         path = base.with_name(f"{base.name}-{k}")
         k += 1
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -326,6 +346,8 @@ class Run:
         self.splits = build_dataset(cfg.data)
         self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
                                      rank=self.ctx.rank, world_size=self.ctx.world_size)
+        if self.splits.own_val and cfg.data.val_fraction is not None:   # said in the data's notes
+            cfg = replace(cfg, data=replace(cfg.data, val_fraction=None))
         # Seeded after the data is built, right before the first draw of the run (the model's
         # init): building data may draw from the global RNGs or not (a DataLoader scanning or
         # decoding a folder on a cache miss draws its base seed; a cache hit does not), and the
@@ -333,8 +355,8 @@ class Run:
         seed_everything(cfg.train.seed + self.ctx.rank)
         # What the data says; the factory passes img_size on to the models that declare it.
         self.model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
-                                  in_chans=self.splits.in_chans, img_size=self.splits.image_size,
-                                  **cfg.model.kwargs)
+                                  in_chans=self.splits.in_chans,
+                                  **sized_kwargs(cfg.model.kwargs, self.splits.image_size))
         self.n_params = count_parameters(self.model)
         self.model.to(device)
         # train.amp / channels_last / compile = auto -> concrete values (recorded in config.yaml, summary.json).
@@ -358,7 +380,8 @@ class Run:
             channels_last=cfg.train.channels_last, grad_clip=cfg.optim.grad_clip,
             nan_policy=cfg.train.nan_policy, label_smoothing=cfg.train.label_smoothing,
             mixup=make_mixup(cfg, self.splits.num_classes), bn=BNMomentum(self.model, cfg.train.bn_momentum),
-            ema=self.ema, scaler=scaler, ctx=self.ctx, stop_check_every=50 if self.ctx.enabled else 1)
+            ema=self.ema, scaler=scaler, ctx=self.ctx, stop_check_every=50 if self.ctx.enabled else 1,
+            top5=self.splits.num_classes > 5)   # top-5 of 5 classes or fewer is 100%: not counted
 
         self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
         self.progress: EpochProgress | None = None
@@ -381,6 +404,7 @@ class Run:
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            dist_utils.match_grad_layout(self.model, self._example_batch())
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.train.compile:  # under compile=auto, a trial in the run's first steps (autotune.CompileTrial)
             self.train_model = autotune.compile_model(self.train_model, self.speed, cfg, self.run_dir, self.ctx)
@@ -417,6 +441,13 @@ class Run:
         if best:
             save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
 
+    def _example_batch(self) -> torch.Tensor:
+        """Two zero images of the run's input shape, on its device, in its memory format."""
+        size = self.splits.image_size
+        h, w = (size, size) if isinstance(size, int) else size
+        x = torch.zeros(2, self.splits.in_chans, h, w, device=self.ctx.device)
+        return x.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
     def _checkpoint_to_resume(self, device: torch.device) -> dict | None:
         """The state in RUN/checkpoints/last.pt, or None for a run killed before its first checkpoint."""
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -443,12 +474,28 @@ class Run:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        self._note_replanned_schedule(state)
         self.last_row = state.get("metrics_row")
         self.progress = EpochProgress(**state["progress"]) if state.get("progress") else None
         if self.ctx.is_main:
             set_rng_state(state["rng"])
         else:  # only rank 0's generators are saved; other ranks draw a fresh, distinct stream
             seed_everything(self.cfg.train.seed + self.ctx.rank + 1000 * self.epoch)
+
+    def _note_replanned_schedule(self, state: dict) -> None:
+        """A resume with another train.epochs re-plans any schedule whose shape depends on the
+        run's length (one-cycle, cosine, ...): the learning rate jumps. Say so once, with both values."""
+        old = ((state.get("config") or {}).get("train") or {}).get("epochs")
+        new = self.cfg.train.epochs
+        if old is None or old == new:
+            return
+        steps, step, lr = len(self.loaders["train"]), self.scheduler.last_epoch, self.cfg.optim.lr
+        planned = lr * schedule_factor(self.cfg.sched, steps, old, lr)(step)
+        replanned = lr * schedule_factor(self.cfg.sched, steps, new, lr)(step)
+        if not math.isclose(planned, replanned, rel_tol=1e-6):
+            self.log(f"note: train.epochs {old} -> {new} re-plans the {self.cfg.sched.name} schedule over {new} "
+                     f"epochs: the learning rate goes on at {replanned:.4g}, where the {old}-epoch plan was at "
+                     f"{planned:.4g}; start a new run to keep one schedule")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -501,9 +548,13 @@ class Run:
         val = evaluate(self.train_model, self.loaders["val"], self.opts)
         row = {"epoch": epoch, "lr": lr, "train_loss": train.loss, "train_acc": train.acc,
                "val_loss": val.loss, "val_acc": val.acc, "seconds": time.perf_counter() - start}
+        if val.acc5 is not None:   # more than 5 classes; metrics.csv puts it beside val_acc
+            row["val_acc5"] = val.acc5
         if self.ema is not None:
             ema = evaluate(self.ema, self.loaders["val"], self.opts)
             row.update(ema_val_loss=ema.loss, ema_val_acc=ema.acc)
+            if ema.acc5 is not None:
+                row["ema_val_acc5"] = ema.acc5
         if train.skipped:
             row["skipped_steps"] = train.skipped
         self.epoch, self.last_row = epoch, row
@@ -521,6 +572,7 @@ class Run:
                             title=f"{cfg.model.name} on {cfg.data.name}")
         self.log(f"epoch {epoch:3d}/{cfg.train.epochs}  lr {lr:.4g}  train loss {train.loss:.4f} "
                  f"acc {100 * train.acc:.2f}%  val loss {val.loss:.4f} acc {100 * val.acc:.2f}%  "
+                 + (f"top-5 {100 * val.acc5:.2f}%  " if val.acc5 is not None else "") +
                  f"({row['seconds']:.1f}s)" + (f"  skipped {train.skipped} steps" if train.skipped else ""))
         if stop.requested:
             raise Interrupted(f"{stop.signal_name}: stopped after epoch {epoch} (checkpoint saved); "
@@ -534,10 +586,13 @@ class Run:
                    "in_chans": self.splits.in_chans, "image_size": self.splits.image_size,
                    "epochs": self.epoch, "seed": self.cfg.train.seed,
                    "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
+                   **top5_summary(rows, self.best_epoch),
                    "world_size": self.ctx.world_size, "device": describe_device(self.ctx.device),
                    "selfreg_version": __version__, "speed": self.speed.summary()}
         if getattr(self, "test_stats", None) is not None:
             summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
+            if self.test_stats.acc5 is not None:
+                summary["test_acc5"] = self.test_stats.acc5
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             provenance.finish(self.run_dir, self.provenance)
@@ -546,10 +601,40 @@ class Run:
         return summary
 
 
+def top5_summary(rows: list[dict], best_epoch: int) -> dict:
+    """summary.json's top-5 keys, from metrics.csv's `val_acc5` column (none without it: 5 classes
+    or fewer, or a run begun before the column existed): `final_val_acc5` of the last epoch and
+    `best_val_acc5`, the top-5 at `best_epoch` (the epoch of best top-1, whose weights best.pt holds)."""
+    if not rows or "val_acc5" not in rows[-1]:
+        return {}
+    best = [r["val_acc5"] for r in rows if int(r["epoch"]) == best_epoch]
+    return {"final_val_acc5": rows[-1]["val_acc5"], "best_val_acc5": best[0] if best else float("nan")}
+
+
 def fit(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Train (or continue) one run; return its summary."""
+    if resume is None and cfg.train.resume == "auto":
+        resume = run_to_continue(cfg)
     # Under torchrun the process group outlives the run: the next run of a sweep reuses it.
     return Run(cfg, resume=resume, log=log).fit()
+
+
+def run_to_continue(cfg: Config) -> Path | None:
+    """train.resume=auto: the run in out_dir/run_name when it has a checkpoint and `cfg` continues
+    it (a changed config is one line), else None (a new run, started in that same folder).
+
+    One mechanism for every restart: a torchrun worker restarted after a failure, a requeued
+    SLURM job, or the same command typed again. Every rank decides alike: no rank can see a
+    checkpoint another cannot, since writing one needs every rank past the same epoch."""
+    run_dir = Path(cfg.train.out_dir) / run_name(cfg)
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
+        return None
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    key = refused_change(saved, cfg.to_dict())
+    if key is not None:
+        raise UserError(f"train.resume=auto: {run_dir} was trained with {key}={flatten(saved).get(key)!r}, not "
+                        f"{flatten(cfg.to_dict()).get(key)!r}; set train.run_name to start another run there")
+    return run_dir
 
 
 def fit_seeds(cfg: Config, seeds: list[int], log: Callable[[str], None] = print) -> dict:
@@ -568,7 +653,9 @@ def fit_seeds(cfg: Config, seeds: list[int], log: Callable[[str], None] = print)
         one.train.run_name = f"{name}/s{seed}"
         runs.append(fit(one, log=log))
     summary = {"runs": [r["run_dir"] for r in runs], "seeds": list(seeds)}
-    for key in ("final_val_acc", "best_val_acc"):
+    for key in ("final_val_acc", "best_val_acc", "final_val_acc5", "best_val_acc5"):
+        if key.endswith("5") and not all(key in r for r in runs):
+            continue   # top-5: only for more than 5 classes
         values = [float(r[key]) for r in runs]
         mean, std = mean_std(values)
         summary[key] = {"mean": mean, "std": std, "values": values}

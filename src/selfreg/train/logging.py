@@ -12,7 +12,9 @@ BASE_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", 
 
 
 class MetricsCSV:
-    """One row per epoch. Columns are fixed by the first row written (BASE_FIELDS first)."""
+    """One row per epoch. Columns are fixed by the first row written: BASE_FIELDS first, then the
+    row's others in its order, except that a top-5 column sits right after its top-1 column
+    (val_acc, val_acc5). A resumed run appends under the header it began with."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -20,7 +22,12 @@ class MetricsCSV:
     def append(self, row: dict) -> None:
         new = not self.path.exists()
         if new:
-            fields = BASE_FIELDS + [k for k in row if k not in BASE_FIELDS]
+            fields = list(BASE_FIELDS)
+            for k in row:
+                if k in fields:
+                    continue
+                top1 = k[:-1] if k.endswith("_acc5") else None
+                fields.insert(fields.index(top1) + 1 if top1 in fields else len(fields), k)
         else:
             with self.path.open() as f:
                 fields = next(csv.reader(f))

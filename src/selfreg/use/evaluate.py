@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DataConfig, from_dict, parse_override, set_dotted
-from ..data.datasets import Transformed, build_dataset, select
+from ..data.datasets import DATASETS, Transformed, build_dataset, select
 from ..data.loader import LOADERS, choose_loader
 from ..errors import UserError
 from .trained import Trained, run_dir_of
@@ -57,7 +57,8 @@ def eval_data_config(trained: Trained, name: str | None = None, root: str | None
     own = trained.data.get("name")
     if name is None and not own:
         raise UserError(f"{trained.source} holds no data config (a weights file); pass --data NAME")
-    if name is None or name == own:
+    own_config = name is None or name == own
+    if own_config:
         fields = {f.name for f in dataclasses.fields(DataConfig)}
         raw = {k: v for k, v in trained.data.items() if k in fields}
         unknown = sorted(set(trained.data) - fields)
@@ -75,9 +76,22 @@ def eval_data_config(trained: Trained, name: str | None = None, root: str | None
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(tree, key if key.startswith("data.") else f"data.{key}", value)
+    if own_config and "root" not in tree["data"] and reads_root(tree["data"].get("name")):
+        # weights files carry no machine's paths (weightfiles.MACHINE_DATA_KEYS)
+        raise UserError(f"{trained.source} does not say where its {tree['data'].get('name', 'dataset')} data "
+                        f"lies on this machine; pass --root DIR (for a folder dataset: the folder holding "
+                        f"train/, val/ or test/ with one folder per class)")
     if set(tree) != {"data"}:
         raise UserError(f"eval takes data.* overrides only, got {', '.join(k for k in tree if k != 'data')}.*")
     return from_dict(DataConfig, tree["data"], prefix="data.")
+
+
+def reads_root(dataset: str | None) -> bool:
+    """Whether the dataset reads its images from data.root (digits ships inside scikit-learn)."""
+    try:
+        return DATASETS.entry(str(dataset)).meta.get("reads_root", True)
+    except UserError:
+        return True
 
 
 @dataclass
@@ -151,7 +165,7 @@ class EvalResult:
     confusion: np.ndarray          # (true, predicted) counts, in the model's class order
     loss: float
     top1: float
-    topk: float
+    topk: float | None             # None where k >= the class count (it would be 100%)
     k: int
     count: int
     tta: str = "none"
@@ -163,23 +177,27 @@ class EvalResult:
                     "images": int(totals[i])} for i, c in enumerate(self.classes)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images": self.count, "tta": self.tta, "loss": self.loss, "top1": self.top1,
-                f"top{self.k}": self.topk, "k": self.k, "per_class": self.per_class, "classes": self.classes,
-                "confusion": self.confusion.tolist()}
+        topk = {f"top{self.k}": self.topk, "k": self.k} if self.topk is not None else {}
+        return {"images": self.count, "tta": self.tta, "loss": self.loss, "top1": self.top1, **topk,
+                "per_class": self.per_class, "classes": self.classes, "confusion": self.confusion.tolist()}
 
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5,
                    channels_last: bool = False) -> EvalResult:
-    """`channels_last` evaluates in NHWC, as a run that trained in it measured its accuracy (the
-    two layouts round differently, so a near-tie image can flip between them)."""
+    """Top-1 and top-k accuracy (top-k only for more than k classes, where it is not 100% by
+    construction), loss and confusion matrix. `channels_last` evaluates in NHWC, as a run that
+    trained in it measured its accuracy (the two layouts round differently, so a near-tie image
+    can flip between them)."""
     if tta not in TTA:
         raise UserError(f"unknown --tta {tta!r}; valid: {', '.join(TTA)}")
+    if k < 1:
+        raise UserError(f"--topk must be at least 1, got {k}")
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     n = len(classes)
-    k = min(k, n)
+    with_topk = k < n
     confusion = torch.zeros(n, n, dtype=torch.long)
     loss_sum, top1, topk, seen = 0.0, 0, 0, 0
     for images, labels in data.loader:
@@ -188,14 +206,15 @@ def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: s
             images = images.contiguous(memory_format=torch.channels_last)
         logp = TTA[tta](model, images)                                   # (B, classes)
         loss_sum += F.nll_loss(logp, labels, reduction="sum").item()
-        best = logp.topk(k, dim=1).indices                               # (B, k)
+        best = logp.topk(min(k, n), dim=1).indices                       # (B, k)
         top1 += (best[:, 0] == labels).sum().item()
         topk += (best == labels[:, None]).any(1).sum().item()
         seen += labels.numel()
         confusion += torch.bincount((labels * n + best[:, 0]).cpu(), minlength=n * n).view(n, n)
     if seen == 0:
         raise UserError(f"the {data.split} split of {data.dataset} holds no images")
-    return EvalResult(list(classes), confusion.numpy(), loss_sum / seen, top1 / seen, topk / seen, k, seen, tta)
+    return EvalResult(list(classes), confusion.numpy(), loss_sum / seen, top1 / seen,
+                      topk / seen if with_topk else None, k, seen, tta)
 
 
 # ---------------------------------------------------------------------------- output
@@ -252,7 +271,8 @@ def plot_confusion(result: EvalResult, path: Path, title: str = "") -> None:
 def summary_lines(result: EvalResult, header: dict[str, Any], max_classes: int = 20) -> list[str]:
     lines = [f"{header['model']} on {header['dataset']} {header['split']} ({result.count} images"
              + (f", tta {result.tta}" if result.tta != "none" else "") + f"): top-1 {100 * result.top1:.2f}%  "
-             f"top-{result.k} {100 * result.topk:.2f}%  loss {result.loss:.4f}"]
+             + (f"top-{result.k} {100 * result.topk:.2f}%  " if result.topk is not None else "")
+             + f"loss {result.loss:.4f}"]
     per = result.per_class
     names = list(per)
     if len(names) > max_classes:  # the worst classes are the interesting ones
