@@ -398,3 +398,263 @@ def test_eval_names_saved_data_keys_it_does_not_know(run, capsys):
     cfg = eval_data_config(trained)
     assert cfg.name == "digits"
     assert "data.future_option" in capsys.readouterr().err
+
+
+def test_model_kwargs_img_size_agrees_with_the_data_or_says_so(tmp_path):
+    """The zoo recipes' "CIFAR form" (model.kwargs.img_size = the data's size) trains; a size the
+    data does not have is one line naming both fixes, before anything is trained."""
+    fit(tiny(tmp_path / "same", "model.kwargs.img_size=8"), **quiet)
+    assert (tmp_path / "same" / "r" / "summary.json").is_file()
+    with pytest.raises(UserError, match=r"model.kwargs.img_size=32 but the data's images are 8 px; set "
+                                        r"data.image_size=32"):
+        fit(tiny(tmp_path / "other", "model.kwargs.img_size=32"), **quiet)
+    assert not (tmp_path / "other" / "r").exists()
+
+
+def test_more_epochs_on_a_finished_one_cycle_run_says_the_schedule_is_replanned(tmp_path, cli):
+    """Extending a run re-plans a schedule whose shape depends on its length: the lr jump is said once."""
+    fit(tiny(tmp_path, "sched.name=onecycle"), **quiet)
+    done = cli("train", "--resume", tmp_path / "r", "train.epochs=2")
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "re-plans the onecycle schedule" in line]
+    assert len(notes) == 1, done.stdout
+    assert "train.epochs 1 -> 2" in notes[0]
+    # Same length, nothing to say (multistep with milestones in epochs keeps its plan too).
+    fit(tiny(tmp_path / "m"), **quiet)
+    done = cli("train", "--resume", tmp_path / "m" / "r", "train.epochs=2")
+    assert done.returncode == 0 and "re-plans" not in done.stdout, done.stdout
+
+
+def test_val_fraction_unused_by_a_folder_with_its_own_val_split_is_said_and_recorded(tmp_path, cli):
+    """A folder with val/ is validated on val/: data.val_fraction is said to be unused, once, and
+    config.yaml records null, so that rerunning it from config.yaml is the same run."""
+    w.write_image_folder(tmp_path / "img", per_class=4, size=8)
+    w.write_image_folder(tmp_path / "img", per_class=2, size=8, seed=1, split="val")
+    done = cli("train", "configs/demo.yaml", "data.name=folder", f"data.root={tmp_path / 'img'}",
+               "data.val_fraction=0.5", "train.epochs=1", "data.image_size=8", "train.plot=false",
+               "train.progress=none", "train.tensorboard=false", f"train.out_dir={tmp_path}", "train.run_name=r",
+               f"data.cache_dir={tmp_path / 'cache'}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("data.val_fraction=0.5 not used") == 1, done.stdout
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["data"]["val_fraction"] is None
+
+
+def test_weights_files_carry_no_machine_paths(tmp_path, cli):
+    """A weights file travels: its header keeps what the data is, not where it lay, and eval of a
+    folder-trained file asks for --root in one line instead of defaulting to the writer's path."""
+    w.write_image_folder(tmp_path / "img", per_class=4, size=8)
+    fit(tiny(tmp_path, "data.name=folder", f"data.root={tmp_path / 'img'}", "data.subset=0", "data.val_fraction=3",
+             f"data.cache_dir={tmp_path / 'cache'}"), **quiet)
+    out = tmp_path / "w.safetensors"
+    done = cli("export", tmp_path / "r" / "checkpoints" / "best.pt", "--format", "safetensors", "-o", out)
+    assert done.returncode == 0, done.stderr
+    from safetensors import safe_open
+    with safe_open(str(out), framework="pt") as f:
+        data = json.loads(f.metadata()["selfreg"])["data"]
+    assert data["name"] == "folder" and "root" not in data and "cache_dir" not in data
+    done = cli("eval", out, "--split", "val")
+    assert done.returncode == 2 and "pass --root DIR" in done.stderr and "Traceback" not in done.stderr
+    assert cli("eval", out, "--split", "val", "--root", tmp_path / "img", "-o", tmp_path / "e").returncode == 0
+    from procs import REPO
+    for path in sorted(REPO.glob("src/selfreg/weights/*.safetensors"))[:1]:   # written before the rule
+        done = cli("eval", path, "--split", "val")
+        assert done.returncode == 2 and "pass --root DIR" in done.stderr, done.stderr
+
+
+# --- issue 29: hostile inputs and discovery ---
+
+def count(splits) -> int:
+    """Images in a build's splits, all together."""
+    return sum(len(d) for d in (splits.train, splits.val, splits.test) if d is not None)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["files", "cache"])
+def test_an_image_name_that_is_not_utf8_is_used(tmp_path, cache):
+    """A file name the file system holds as bytes that are not UTF-8 is listed, hashed and used."""
+    root = tmp_path / "imgs"
+    w.write_image_folder(root, classes=("a", "b"), per_class=3, size=8)
+    bad = os.fsencode(root / "train" / "a") + b"/bad\xff.png"
+    w.save_image(root / "train" / "a" / "ok.png", np.zeros((8, 8, 3), np.uint8))
+    os.rename(os.fsencode(root / "train" / "a" / "ok.png"), bad)
+    splits = build_dataset(folder_cfg(root, f"data.cache_dir={tmp_path / 'cache'}", f"data.cache={str(cache).lower()}"))
+    assert count(splits) == 7
+
+
+def test_a_symlink_loop_is_a_folder_problem_or_skipped(tmp_path, capsys):
+    root, outside = tmp_path / "imgs", tmp_path / "outside"
+    w.write_image_folder(root, classes=("a", "b"), per_class=3, size=8)
+    (root / "train" / "a" / "loop").symlink_to("..")                      # -> train/
+    (root / "train" / "b" / "up").symlink_to(root)                        # -> the dataset root
+    outside.mkdir()
+    (outside / "back").symlink_to(root / "train" / "a")                   # a loop through two links
+    (root / "train" / "a" / "out").symlink_to(outside)
+    code = main(["train", "configs/demo.yaml", *TINY, "data.name=folder", f"data.root={root}", "data.augment=[none]",
+                 f"data.cache_dir={tmp_path / 'cache'}", f"train.out_dir={tmp_path / 'runs'}"])
+    err = one_line_error(code, capsys, "1 problem(s) in the image folders", "3 symbolic link loop(s)",
+                         "data.skip_bad=true", str(root / "train" / "a" / "loop"), str(root / "train" / "b" / "up"),
+                         str(root / "train" / "a" / "out" / "back"))
+    assert not (tmp_path / "runs").exists(), err
+    splits = build_dataset(folder_cfg(root, "data.skip_bad=true", f"data.cache_dir={tmp_path / 'cache'}"))
+    assert count(splits) == 6                                           # each class its own images, once
+    assert any(note.startswith("skipped 3 symbolic link loop(s) (data.skip_bad=true)") for note in splits.notes)
+
+
+def test_links_to_images_and_class_folders_outside_the_tree_work(tmp_path):
+    root, ext = tmp_path / "imgs", tmp_path / "elsewhere"
+    w.write_image_folder(root, classes=("a", "b"), per_class=3, size=8)
+    w.write_image_folder(ext, classes=("c",), per_class=2, size=8, seed=1)
+    (root / "train" / "c").symlink_to(ext / "train" / "c")               # a class folder elsewhere
+    (root / "train" / "a" / "more").symlink_to(ext / "train" / "c")      # a folder of images elsewhere
+    (root / "train" / "b" / "one.png").symlink_to(ext / "train" / "c" / "000.png")   # one image
+    splits = build_dataset(folder_cfg(root, f"data.cache_dir={tmp_path / 'cache'}"))
+    assert splits.classes == ["a", "b", "c"] and count(splits) == 3 + 2 + 3 + 1 + 2
+    assert not any("loop" in note for note in splits.notes)
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("optim:\n  lr: 0.1\ntrain:\n  epochs: 1\noptim:\n  momentum: 0.5\n", "sets optim twice", "lines 1 and 5"),
+    ("optim:\n  lr: 0.1\n  momentum: 0.5\n  lr: 0.2\n", "sets optim.lr twice", "lines 2 and 4"),
+    ("data: {name: digits, name: folder}\n", "sets data.name twice", "both on line 1"),
+])
+def test_a_key_given_twice_in_a_recipe_is_one_line(tmp_path, capsys, text, key, lines):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    one_line_error(main(["train", str(path), f"train.out_dir={tmp_path / 'runs'}"]), capsys, str(path), key, lines)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_key_given_twice_in_a_sweep_recipe_is_one_line(tmp_path, capsys):
+    path = write_sweep(tmp_path, {"optim.lr": [0.1, 0.2]})
+    path.write_text(path.read_text() + "sweep:\n  seeds: [1]\n")
+    one_line_error(main(["sweep", str(path), "--list", "-o", str(tmp_path / "sw")]), capsys, str(path),
+                   "sets sweep twice")
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("optim:\n  <<: {lr: 0.1, momentum: 0.5}\n  lr: 0.2\n")
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.optim.momentum) == (0.2, 0.5)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n   \n# and another\n", "---\n"])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_an_empty_recipe_is_one_line(tmp_path, capsys, text, command):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    one_line_error(main([command, str(path), f"train.out_dir={tmp_path / 'runs'}"]), capsys, str(path), "is empty",
+                   "configs/demo.yaml")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def refused_url(monkeypatch):
+    """A local address that refuses connections (a bound socket that does not listen): a download
+    fails at once and in the same way whether or not this machine has a network."""
+    import socket
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    sock.close()
+
+
+def test_a_download_that_cannot_connect_is_one_line(tmp_path, capsys, monkeypatch, refused_url):
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "url", refused_url + "cifar-10-python.tar.gz")
+    code = main(["train", "configs/demo.yaml", "data.name=cifar10", "data.download=true", f"data.root={tmp_path}",
+                 f"train.out_dir={tmp_path / 'runs'}"])
+    one_line_error(code, capsys, "could not download cifar10", refused_url + "cifar-10-python.tar.gz",
+                   "Connection refused", f"put it in {tmp_path} ", "cifar-10-batches-py/")
+
+
+def test_a_download_from_mirrors_that_cannot_connect_is_one_line(tmp_path, capsys, monkeypatch, refused_url):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", [refused_url + "a/", refused_url + "b/"])
+    code = main(["train", "configs/demo.yaml", "data.name=mnist", "data.download=true", f"data.root={tmp_path}",
+                 f"train.out_dir={tmp_path / 'runs'}"])
+    one_line_error(code, capsys, "could not download mnist", "train-images-idx3-ubyte.gz",
+                   f"from {refused_url}a/ or {refused_url}b/", f"put them in {tmp_path / 'MNIST' / 'raw'} ",
+                   "MNIST/raw/")
+
+
+@pytest.mark.parametrize("pattern, expected", [("regnet*", "rrnet20_gru"), ("RegNet-56", "rrnet56_gru"),
+                                               ("se_regnet*", "se_rrnet20_gru")])
+def test_models_listing_points_paper_names_to_ours(cli, pattern, expected):
+    result = cli("models", pattern, "--no-macs")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "named rrnet* here" in result.stderr and expected in result.stderr
+
+
+def test_an_unknown_model_name_points_paper_names_to_ours(tmp_path, capsys):
+    code = main(["train", "configs/demo.yaml", "model.name=regnet20", f"train.out_dir={tmp_path}"])
+    one_line_error(code, capsys, "model.name", "unknown model 'regnet20'", "rrnet* here", "rrnet20_gru")
+    with pytest.raises(UserError, match="did you mean rrnet50\\?"):
+        create_model("regnet50")
+
+
+def test_top_level_help_is_for_users(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    assert "Train, compare and inspect image classifiers" in result.stdout
+    assert "selfreg train configs/demo.yaml" in result.stdout
+    assert "one parser per subcommand" not in result.stdout and "short main" not in result.stdout
+
+
+@pytest.mark.timeout(60)       # opening the FIFO (to hash or decode it) would wait forever
+@pytest.mark.parametrize("cache", [False, True], ids=["files", "cache"])
+def test_a_broken_link_and_a_fifo_in_a_class_folder_are_bad_files(tmp_path, cache):
+    root = tmp_path / "imgs"
+    w.write_image_folder(root, classes=("a", "b"), per_class=3, size=8)
+    (root / "train" / "a" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    os.mkfifo(root / "train" / "b" / "pipe.png")
+    extra = [f"data.cache_dir={tmp_path / 'cache'}", f"data.cache={str(cache).lower()}"]
+    with pytest.raises(UserError) as err:
+        build_dataset(folder_cfg(root, *extra))
+    assert "gone.png (a symbolic link to a missing file" in str(err.value)
+    assert "pipe.png (not a regular file" in str(err.value)
+    assert count(build_dataset(folder_cfg(root, *extra, "data.skip_bad=true"))) == 6
+
+
+@pytest.mark.parametrize("override", ["=5", ".name=x", "model..name=x", "model.=x"])
+def test_an_override_with_an_empty_key_part(capsys, override):
+    one_line_error(main(["train", "configs/demo.yaml", override]), capsys, repr(override), "empty part in its key")
+
+
+def test_an_empty_output_folder_is_refused(capsys):
+    code = main(["train", "configs/demo.yaml", "train.out_dir="])
+    one_line_error(code, capsys, "train.out_dir is empty")
+
+
+def test_a_recipe_that_is_a_folder(tmp_path, capsys):
+    one_line_error(main(["train", str(tmp_path)]), capsys, f"{tmp_path} is a folder")
+
+
+@pytest.mark.parametrize("seeds", ["[a]", "3", "[]", "[0, true]"])
+def test_sweep_seeds_that_are_not_a_list_of_integers(tmp_path, capsys, seeds):
+    path = write_sweep(tmp_path, {"optim.lr": [0.1, 0.2]})
+    path.write_text(path.read_text().replace("seeds:\n  - 0\n", f"seeds: {seeds}\n"))
+    assert f"seeds: {seeds}" in path.read_text()
+    one_line_error(main(["sweep", str(path), "--list", "-o", str(tmp_path / "sw")]), capsys,
+                   "sweep.seeds must be a non-empty list of integers")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["models", "resnet20", "--num-classes", "-1"], "--num-classes must be at least 1, got -1"),
+    (["models", "resnet20", "--num-classes", "0"], "--num-classes must be at least 1, got 0"),
+])
+def test_numeric_options_below_their_floor(capsys, args, needle):
+    one_line_error(main(args), capsys, needle)
+
+
+def test_export_into_a_folder_writes_the_file_there(run, tmp_path, capsys):
+    out = tmp_path / "exports"
+    out.mkdir()
+    assert main(["export", str(run / "checkpoints" / "best.pt"), "--format", "torchscript", "-o", str(out),
+                 "--no-check"]) == 0
+    assert [p.name for p in out.iterdir()] == ["best.torchscript.pt"]

@@ -27,6 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise UserError("pass a YAML recipe (selfreg train configs/demo.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
+    if args.launcher:
+        return launch_one(args, cfg)
     from .train.engine import Interrupted, fit, fit_seeds   # after the config: its errors come at once
 
     try:
@@ -40,6 +42,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch_one(args: argparse.Namespace, cfg) -> int:
+    """`selfreg train RECIPE --launcher slurm|local`: the run as one job (selfreg.launch)."""
+    from .config import read_yaml
+    from .launch import Resources, single_run_plan, submit
+    from .sweep import command_line
+
+    if args.resume or args.seeds:
+        raise UserError("--launcher sends one new run; a sent run resumes itself when requeued "
+                        "(for several seeds use selfreg sweep --launcher)")
+    section = read_yaml(args.config).get("launcher") if args.config else None
+    plan = single_run_plan(cfg, args.config, section)
+    submit(plan, args.launcher, Resources.from_sources(plan.launcher, launcher_flags(args)),
+           command=command_line(sys.argv[1:]), wait=args.wait, sweep=False)
+    return 0
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -50,7 +68,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def at_least(option: str, value: int, low: int) -> None:
+    """A numeric option below its floor is a one-line user error (argparse checks only the type)."""
+    if value < low:
+        raise UserError(f"{option} must be at least {low}, got {value}")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    at_least("--num-classes", args.num_classes, 1)
     if args.pretrained:
         return list_pretrained(args.pattern)
     from .complexity import human
@@ -59,7 +84,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern)
     if not names:
-        raise UserError(f"no model matches {args.pattern!r}; try `selfreg models` for the full list")
+        from .registry import MODELS
+
+        hint = MODELS.alias_hint(args.pattern) or "try `selfreg models` for the full list"
+        raise UserError(f"no model matches {args.pattern!r}; {hint}")
     if args.table:
         print(markdown(args.pattern, args.num_classes), end="")
         return 0
@@ -95,6 +123,13 @@ def list_pretrained(pattern: str) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepInterrupted, command_line, expand, run_sweep
 
+    if args.status:
+        from .launch import plan_from_folder, status
+
+        status(plan_from_folder(args.status, expand))
+        return 0
+    if not args.recipe:
+        raise UserError("pass a sweep recipe (selfreg sweep configs/regnet/table3.yaml) or --status SWEEP_DIR")
     only = [p for p in args.only.split(",") if p] if args.only else None
     plan = expand(args.recipe, seeds=parse_seeds(args.seeds) if args.seeds else None, smoke=args.smoke,
                   only=only, overrides=args.overrides, out=args.out)
@@ -103,11 +138,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{job.label:<40} s{job.seed:<4} {job.dir}")
         return 0
     try:
+        if args.launcher:
+            from .launch import Resources, submit
+
+            if args.parallel != 1:
+                raise UserError("--parallel is for runs on this machine; with --launcher use --max-running")
+            result = submit(plan, args.launcher, Resources.from_sources(plan.launcher, launcher_flags(args)),
+                            command=command_line(sys.argv[1:]), wait=args.wait)
+            return 0
         result = run_sweep(plan, parallel=args.parallel, command=command_line(sys.argv[1:]))
     except SweepInterrupted as exc:
         print(f"selfreg: {exc}", file=sys.stderr)
         return 130
     return 1 if result["failed"] else 0
+
+
+def launcher_flags(args: argparse.Namespace) -> dict:
+    """The resource flags given on the command line (None: not given, the recipe's or the default)."""
+    return {"partition": args.partition, "time": args.time, "gpus": args.gpus, "cpus": args.cpus,
+            "mem_gb": args.mem_gb, "account": args.account, "qos": args.qos, "constraint": args.constraint,
+            "max_running": args.max_running}
+
+
+def add_launcher_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster (selfreg.launch; defaults from the recipe's launcher: section)")
+    group.add_argument("--launcher", choices=["slurm", "local"],
+                       help="send the runs as jobs through submitit: slurm (sbatch job array) or local "
+                            "(submitit's local executor); default: run here")
+    group.add_argument("--wait", action="store_true", help="wait until every submitted job has ended")
+    group.add_argument("--partition")
+    group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per job (default 1440)")
+    group.add_argument("--gpus", type=int, metavar="N", help="GPUs per job; N > 1 runs DDP over them")
+    group.add_argument("--cpus", type=int, metavar="N", help="CPUs per task")
+    group.add_argument("--mem-gb", type=float, metavar="GB")
+    group.add_argument("--account")
+    group.add_argument("--qos")
+    group.add_argument("--constraint")
+    group.add_argument("--max-running", type=int, metavar="K", help="jobs of the array running at once")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -163,12 +230,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .use.export import export
+    from pathlib import Path
+
+    from .use.export import default_path, export
     from .use.trained import load_trained, pick_device
 
     trained = load_trained(args.checkpoint, device=pick_device(args.device))
     options = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
-    result = export(trained, args.format, args.out, check=not args.no_check, **options)
+    out = args.out
+    if out is not None and Path(out).is_dir():      # -o DIR: the file goes into DIR, under its usual name
+        out = Path(out) / default_path(trained.source, args.format).name
+    result = export(trained, args.format, out, check=not args.no_check, **options)
     print(f"wrote {', '.join(map(str, result.files))} ({trained.name}, {result.exporter}, dynamic batch, "
           f"input {trained.in_chans}x{trained.transform.image_size[0]}x{trained.transform.image_size[1]})")
     if result.max_abs_diff is not None:
@@ -185,6 +257,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .analysis.features import feature_figure
     from .use.trained import load_trained, pick_device, run_dir_of
 
+    at_least("--channels", args.channels, 0)
     trained = load_trained(args.checkpoint, device=pick_device(args.device))
     out = Path(args.out) if args.out else run_dir_of(trained.source) / "features" / f"{Path(args.image).stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +277,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .use.evaluate import eval_data_config
     from .use.trained import load_trained, pick_device
 
+    at_least("--max-images", args.max_images, 0)
     device = pick_device(args.device)
     # `selfreg probe A.pt B.pt [data.key=value ...]`: the items with "=" are overrides.
     overrides = [a for a in args.items if re.match(r"^[\w.]+=", a)]
@@ -223,10 +297,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `selfreg --help` says to users (the module docstring above is for developers).
+DESCRIPTION = """\
+Train, compare and inspect image classifiers: CIFAR ResNets, the RNN-regulated
+RegNets of Xu et al. (named rrnet* here) and a zoo of classics. A run is a YAML
+recipe plus section.key=value overrides; its folder holds the config, metrics,
+checkpoints and plots."""
+EPILOG = """examples:
+  selfreg train configs/demo.yaml                 ResNet-20 on the bundled digits (no download)
+  selfreg train configs/demo.yaml optim.lr=0.05   the same with one setting changed
+  selfreg models 'rrnet*'                         the RegNet models, with parameters and MACs
+  selfreg eval runs/demo/checkpoints/best.pt      accuracy of a trained run
+  selfreg COMMAND --help                          the options of one command"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
-    parser = argparse.ArgumentParser(prog="selfreg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="selfreg", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"selfreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -236,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its last checkpoint")
     train.add_argument("--seeds", metavar="S1,S2,...",
                        help="one run per seed and a summary.json of mean and std (e.g. 0,1,2)")
+    add_launcher_args(train)
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list registered models with parameter and MAC counts")
@@ -251,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     sweep = sub.add_parser("sweep", help="run a recipe's grid of configurations x seeds into one folder")
-    sweep.add_argument("recipe", help="YAML recipe with a sweep: section, e.g. configs/regnet/table3.yaml")
+    sweep.add_argument("recipe", nargs="?", help="YAML recipe with a sweep: section, e.g. configs/regnet/table3.yaml")
     sweep.add_argument("overrides", nargs="*", help="section.key=value overrides for every run (e.g. data.root=...)")
     sweep.add_argument("--seeds", metavar="S1,S2,...", help="seeds for every configuration (default: the recipe's)")
     sweep.add_argument("--parallel", type=int, default=1, metavar="K",
@@ -261,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--only", metavar="LABELS", help="comma-separated labels or patterns (c10-rrnet20_*)")
     sweep.add_argument("-o", "--out", metavar="DIR", help="sweep folder (default: train.out_dir/<sweep name>)")
     sweep.add_argument("--list", action="store_true", help="print the runs and their folders, train nothing")
+    sweep.add_argument("--status", metavar="SWEEP_DIR",
+                       help="one line per run: finished, failed (with its error), queued, running, requeued, lost")
+    add_launcher_args(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="markdown + HTML report with figures over a sweep or folder of runs")
@@ -278,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--tta", default="none", choices=["none", "flip"],
                           help="test-time augmentation: flip averages the image and its mirror")
-    evaluate.add_argument("--topk", type=int, default=5, help="k of the top-k accuracy (default 5)")
+    evaluate.add_argument("--topk", type=int, default=5,
+                          help="k of the top-k accuracy (default 5; reported for more than k classes)")
     evaluate.add_argument("--channels-last", action="store_true",
                           help="evaluate in NHWC, as a run trained in channels_last measured itself (the "
                                "layouts round differently: a near-tie image can flip)")
@@ -297,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="ONNX / TorchScript / safetensors, checked against PyTorch")
     exp.add_argument("checkpoint", help="a run checkpoint or exported .safetensors")
     exp.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
-    exp.add_argument("-o", "--out", metavar="PATH", help="output file (default: next to the checkpoint)")
+    exp.add_argument("-o", "--out", metavar="PATH",
+                     help="output file, or a folder to write it into (default: next to the checkpoint)")
     exp.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
                      help="ONNX: torch.onnx's dynamo exporter, the TorchScript-based one, or dynamo then legacy")
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")

@@ -187,6 +187,9 @@ class TrainConfig:
     tensorboard: bool = True
     # Progress: auto (a bar on a terminal, plain lines otherwise) | bar | lines | none.
     progress: str = "auto"
+    # never: a new run folder every time | auto: continue the run in out_dir/run_name when it has a
+    # checkpoint (a torchrun restart or a requeued job finds its run), else start it there.
+    resume: str = "never"
 
     def __post_init__(self) -> None:
         _check_range("train.epochs", self.epochs, low=1)
@@ -201,6 +204,9 @@ class TrainConfig:
         _check_bool_or_auto("train.channels_last", self.channels_last)
         _check_bool_or_auto("train.compile", self.compile)
         _check_choice("train.progress", self.progress, ("auto", "bar", "lines", "none"))
+        _check_choice("train.resume", self.resume, ("never", "auto"))
+        if not str(self.out_dir).strip():     # "" is the working directory: runs would land among the sources
+            raise UserError("config key train.out_dir is empty; set the folder runs are written under (default: runs)")
         m = self.bn_momentum
         if not (m is None or m == "dynamic" or
                 (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m <= 1)):
@@ -249,9 +255,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
-        # A recipe's `sweep:` section (grid, seeds, paper numbers) is read by selfreg.sweep;
-        # on its own the recipe trains its base configuration.
+        # A recipe's `sweep:` section (grid, seeds, paper numbers) is read by selfreg.sweep and
+        # its `launcher:` section (cluster resources) by selfreg.launch; on its own the recipe
+        # trains its base configuration.
         raw.pop("sweep", None)
+        raw.pop("launcher", None)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
@@ -259,26 +267,89 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping a recipe (or a run's config.yaml) holds. A missing, unreadable, empty or
+    malformed file, or a key given twice in one mapping, is a one-line `UserError` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; pass a YAML recipe in it, such as configs/demo.yaml")
     if not path.is_file():
         raise UserError(f"config file not found: {path}; pass a YAML recipe such as configs/demo.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text; pass a YAML recipe such as configs/demo.yaml") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    try:
+        data = _load_unique(text)
+    except _RepeatedKey as exc:
+        lines = f"lines {exc.first} and {exc.line}" if exc.first != exc.line else f"both on line {exc.line}"
+        raise UserError(f"config file {path} sets {exc.key} twice ({lines}); YAML would silently keep the "
+                        "last: delete one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
     if data is None:
-        return {}
+        raise UserError(f"config file {path} is empty (no settings, only blank lines or comments); put sections "
+                        "such as model:, data:, train: in it, e.g. start from configs/demo.yaml")
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (model:, data:, ...)")
     return data
+
+
+class _RepeatedKey(yaml.YAMLError):
+    """A key given twice in one mapping (`key` dotted from the top, both 1-based lines)."""
+
+    def __init__(self, key: str, first: int, line: int):
+        super().__init__(key)
+        self.key, self.first, self.line = key, first, line
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _load_unique(text: str) -> Any:
+    """yaml.safe_load, refusing a key repeated in one mapping (which YAML loaders resolve silently
+    to the last). Keys merged in with `<<: *anchor` may be overridden, as YAML intends."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique(node, [], set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_unique(node: yaml.Node, where: list[str], seen: set[int]) -> None:
+    if id(node) in seen:                     # an alias of a node already checked (or a recursive one)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            if isinstance(key_node, yaml.ScalarNode):
+                ident = (key_node.tag, key_node.value)
+                if ident in first:
+                    raise _RepeatedKey(".".join([*where, name]), first[ident], key_node.start_mark.line + 1)
+                first[ident] = key_node.start_mark.line + 1
+            _check_unique(value_node, [*where, name], seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique(item, [*where[:-1], f"{where[-1]}[{i}]"] if where else [f"[{i}]"], seen)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise UserError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.05)")
     key, text = item.split("=", 1)
+    if not all(part.strip() for part in key.split(".")):
+        raise UserError(f"override {item!r} has an empty part in its key; write section.key=value (e.g. optim.lr=0.05)")
     try:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
@@ -374,8 +445,27 @@ def _type_error(key: str, value: Any, expected: str) -> UserError:
 # run is shown. Anything else (model, optimizer, schedule, data, seed...) starts a new run.
 RESUMABLE_KEYS = frozenset({
     "train.epochs", "train.threads", "train.device", "train.progress", "train.plot", "train.tensorboard",
-    "data.root", "data.download", "data.num_workers", "data.cache_dir",
+    "train.resume", "data.root", "data.download", "data.num_workers", "data.cache_dir",
 })
+# A recipe's `auto` speed settings continue a run whatever concrete value it chose (train/autotune.py).
+AUTO_CHOSEN = frozenset({"train.amp", "train.channels_last", "train.compile"})
+# A data.val_fraction a run recorded as null was unused: its dataset has a val split of its own.
+DATA_DECIDED = frozenset({"data.val_fraction"})
+
+
+def refused_change(saved: dict, wanted: dict) -> str | None:
+    """The first key (dotted) whose value would make `wanted` another experiment than the run
+    whose config.yaml is `saved` (both plain dicts), or None when `wanted` continues it."""
+    saved, wanted = flatten(saved), flatten(wanted)
+    for key in sorted(set(saved) | set(wanted)):
+        if key in RESUMABLE_KEYS or saved.get(key) == wanted.get(key):
+            continue
+        if key in AUTO_CHOSEN and wanted.get(key) == "auto":
+            continue
+        if key in DATA_DECIDED and saved.get(key) is None:
+            continue
+        return key
+    return None
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

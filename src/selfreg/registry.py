@@ -22,9 +22,12 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, aliases: dict[str, tuple[str, str]] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        # What others call a family -> (the prefix it is registered under, whose family it is);
+        # see MODEL_ALIASES. Only hints: an alias never resolves to a model by itself.
+        self.aliases = dict(aliases or {})
 
     def register(self, name: str | None = None, **meta: Any) -> Callable:
         """Decorator: `@REG.register("name", paper=...)`; the function name by default."""
@@ -46,10 +49,26 @@ class Registry:
             return self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=5, cutoff=0.5)
-            hint = f"did you mean: {', '.join(close)}?" if close else (
+            hint = self.alias_hint(name) or (f"did you mean: {', '.join(close)}?" if close else (
                 "see `selfreg models` for the list" if self.kind == "model"
-                else f"valid: {', '.join(sorted(self._entries))}")
+                else f"valid: {', '.join(sorted(self._entries))}"))
             raise UserError(f"unknown {self.kind} {name!r}; {hint}") from None
+
+    def alias_hint(self, text: str) -> str:
+        """For a name or pattern spelt as another paper or library spells it ('regnet20', 'RegNet*'),
+        the registered names it stands for, as a hint; '' when no alias applies."""
+        lowered = text.lower().replace("-", "").replace(" ", "")       # "RegNet-20" -> "regnet20"
+        for theirs, (ours, whose) in self.aliases.items():
+            if theirs not in lowered:
+                continue
+            wanted = lowered.replace(theirs, ours)
+            family = self.names(f"*{ours}*")
+            names = (self.names(wanted) or self.names(wanted + "*")
+                     or difflib.get_close_matches(wanted, family, n=6, cutoff=0.6) or family)
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            listing = wanted if any(c in wanted for c in "*?[") else f"{ours}*"
+            return f"{whose} is named {ours}* here: did you mean {shown}? (`selfreg models '{listing}'` lists them)"
+        return ""
 
     def get(self, name: str) -> Callable:
         return self.entry(name).fn
@@ -64,7 +83,13 @@ class Registry:
         return len(self._entries)
 
 
-MODELS = Registry("model")
+# Names users type after reading a paper (or another library) -> (our prefix, whose family it is).
+# timm's regnet* are Radosavovic et al.'s RegNet, an unrelated family; ours is Xu et al.'s.
+MODEL_ALIASES = {
+    "regnet": ("rrnet", "the RegNet of Xu et al. (RNN-regulated ResNets)"),
+}
+
+MODELS = Registry("model", aliases=MODEL_ALIASES)
 
 # Arguments every model may take, declared per model at registration (`accepts=`):
 # img_size  the input size it is built for (token grids, small-input stems); models that

@@ -47,16 +47,12 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RESUMABLE_KEYS, Config, flatten, from_dict, parse_override, read_yaml, save_config, set_dotted
+from .config import Config, flatten, from_dict, parse_override, read_yaml, refused_change, save_config, set_dotted
 from .errors import UserError
 from .train.checks import check_config
 from .train import distributed as dist_utils
 from .train.engine import Interrupted, fit
 
-# A recipe's `auto` speed settings match the concrete values its run chose (selfreg.train.autotune).
-AUTO_CHOSEN = {"train.amp", "train.channels_last", "train.compile"}
-# A data.val_fraction that a run recorded as null was unused: its dataset has a val split of its own.
-DATA_DECIDED = {"data.val_fraction"}
 
 @dataclass
 class Job:
@@ -110,7 +106,7 @@ def expand(recipe: str | Path, seeds: list[int] | None = None, smoke: bool = Fal
     unknown = set(spec) - {"name", "seeds", "grid", "smoke", "paper"}
     if unknown:
         raise UserError(f"{recipe}: unknown key sweep.{sorted(unknown)[0]}; valid: name, seeds, grid, smoke, paper")
-    seeds = list(seeds) if seeds else [int(s) for s in spec.get("seeds", [0])]
+    seeds = list(seeds) if seeds else _seeds(spec.get("seeds", [0]), recipe)
     cli = dict(parse_override(item) for item in overrides)
     smoke_overrides = _mapping(spec.get("smoke"), recipe, "sweep.smoke") if smoke else {}
     if smoke and not smoke_overrides:
@@ -168,6 +164,14 @@ def _value_label(value: Any) -> str:
     return str(text).replace("/", "_").replace(" ", "")
 
 
+def _seeds(value: Any, recipe: Path) -> list[int]:
+    """sweep.seeds: a non-empty list of whole numbers (a bare 3 could mean seed 3 or three seeds)."""
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
+        raise UserError(f"{recipe}: sweep.seeds must be a non-empty list of integers such as [0, 1, 2], got {value!r}")
+    return list(value)
+
+
 def _mapping(value: Any, recipe: Path, where: str) -> dict:
     if value is None:
         return {}
@@ -209,16 +213,12 @@ def job_state(job: Job) -> str:
 
 def check_same_config(job: Job) -> None:
     """A run folder continues only the experiment it was made for (RESUMABLE_KEYS may differ)."""
-    saved = flatten(yaml.safe_load((job.dir / "config.yaml").read_text()) or {})
-    wanted = flatten(job.config.to_dict())
-    for key in sorted(set(saved) | set(wanted)):
-        if key in AUTO_CHOSEN and wanted.get(key) == "auto":
-            continue
-        if key in DATA_DECIDED and saved.get(key) is None:
-            continue
-        if key not in RESUMABLE_KEYS and saved.get(key) != wanted.get(key):
-            raise UserError(f"{job.dir} was trained with {key}={saved.get(key)!r} but the recipe now says "
-                            f"{wanted.get(key)!r}; delete that folder or give the sweep another folder (-o)")
+    saved = yaml.safe_load((job.dir / "config.yaml").read_text()) or {}
+    wanted = job.config.to_dict()
+    key = refused_change(saved, wanted)
+    if key is not None:
+        raise UserError(f"{job.dir} was trained with {key}={flatten(saved).get(key)!r} but the recipe now says "
+                        f"{flatten(wanted).get(key)!r}; delete that folder or give the sweep another folder (-o)")
 
 
 def prepare(job: Job) -> str:

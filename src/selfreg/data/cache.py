@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -32,7 +33,11 @@ def cache_dir(cfg) -> Path:
 
 
 def _name(path: str | Path, root: str | Path | None) -> str:
-    """Path relative to root (plain string ops: pathlib costs ~10 us a file, 0.5 s per 50k)."""
+    """Path relative to root (plain string ops: pathlib costs ~10 us a file, 0.5 s per 50k).
+
+    Hashed as os.fsencode(name): the file system's own bytes, so a name that is not valid UTF-8
+    (Python holds its bytes as surrogates) hashes like any other, and UTF-8 names as before.
+    """
     path = str(path)
     if root is None:
         return os.path.basename(path)
@@ -45,12 +50,26 @@ def hash_files(paths: Iterable[str | Path], *extra: object, root: str | Path | N
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((CACHE_VERSION, extra)).encode())
     for path in paths:
-        h.update(_name(path, root).encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+        h.update(os.fsencode(_name(path, root)) + b"\0")
+        state = _not_a_file(path)
+        if state:   # a broken link or a FIFO (open() would wait forever): keyed by what it is
+            h.update(state)
+        else:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
         h.update(b"\1")
     return h.hexdigest()
+
+
+def _not_a_file(path: str | Path) -> bytes:
+    """b"" for a regular file (links followed); else a marker of what is there instead. The
+    decoder then reports such a path as a bad image; the hash only needs to be stable."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"\2{type(exc).__name__}".encode()
+    return b"" if stat.S_ISREG(st.st_mode) else f"\3{stat.S_IFMT(st.st_mode)}".encode()
 
 
 def hash_listing(paths: Iterable[str | Path], *extra: object, root: str | Path | None = None) -> str:
@@ -58,8 +77,12 @@ def hash_listing(paths: Iterable[str | Path], *extra: object, root: str | Path |
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((CACHE_VERSION, extra)).encode())
     for path in paths:
-        st = os.stat(path)
-        h.update(f"{_name(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\1".encode())
+        try:
+            st = os.stat(path)
+            state = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError as exc:          # a broken link: the scan reports it as a bad file
+            state = type(exc).__name__
+        h.update(os.fsencode(_name(path, root)) + f"\0{state}\1".encode())
     return h.hexdigest()
 
 

@@ -13,9 +13,13 @@ policy, uint8 cache) lives in data/folder.py.
 """
 from __future__ import annotations
 
+import http.client
+import socket
+import ssl
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -294,7 +298,7 @@ def _digits_files(cfg) -> tuple[Path, list[Path]]:
     return path.parent, [path]
 
 
-@DATASETS.register("digits", augment=["none"], files=_digits_files,
+@DATASETS.register("digits", augment=["none"], files=_digits_files, reads_root=False,
                    paper="scikit-learn's copy of the UCI optical digits (8x8, 1,797 images)")
 def digits(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     """scikit-learn's bundled 8x8 digits, upsampled (bilinear) to `image_size` (default 32). No download.
@@ -329,11 +333,33 @@ class ArraySpec:
     required: list[str]                         # files torchvision insists on (checked before it runs)
     hashed: list[str]                           # files whose bytes key the cache (the ones we read)
     load: Callable[[Path, bool], dict]          # (root, download) -> {train_images, ..., classes}
+    source: Callable[[Path], "Source"]          # root -> what data.download=true fetches, and into where
+
+
+@dataclass
+class Source:
+    """What torchvision downloads (each file from the first mirror that answers) and the folder it puts
+    the archives in: an archive placed there by hand is checked and unpacked, never downloaded again."""
+    mirrors: list[str]
+    files: list[str]
+    into: Path
+
+    def urls(self) -> str:
+        if len(self.mirrors) == 1:
+            return ", ".join(self.mirrors[0] + f for f in self.files)
+        return f"{', '.join(self.files)} from {' or '.join(self.mirrors)}"
+
+
+def _url_source(url: str, into: Path) -> Source:
+    """One archive at `url` (read when the download starts, so a changed class attribute counts)."""
+    head, _, name = url.rpartition("/")
+    return Source([head + "/"], [name], into)
 
 
 def _cifar_spec(cls) -> ArraySpec:
     names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return ArraySpec(lambda root: root / cls.base_folder, names, names, lambda root, dl: _load_cifar(cls, root, dl))
+    return ArraySpec(lambda root: root / cls.base_folder, names, names, lambda root, dl: _load_cifar(cls, root, dl),
+                     lambda root: _url_source(cls.url, root))
 
 
 def _load_cifar(cls, root: Path, download: bool) -> dict:
@@ -346,7 +372,8 @@ def _load_cifar(cls, root: Path, download: bool) -> dict:
 def _mnist_spec(cls) -> ArraySpec:
     names = [Path(url).stem for url, _ in cls.resources]          # the unpacked idx files
     return ArraySpec(lambda root: root / cls.__name__ / "raw", names, names,
-                     lambda root, dl: _load_mnist(cls, root, dl))
+                     lambda root, dl: _load_mnist(cls, root, dl),
+                     lambda root: Source(list(cls.mirrors), [f for f, _ in cls.resources], root / cls.__name__ / "raw"))
 
 
 def _load_mnist(cls, root: Path, download: bool) -> dict:
@@ -364,7 +391,8 @@ def _stl10_spec() -> ArraySpec:
 
     required = [f for f, _ in STL10.train_list + STL10.test_list]
     labelled = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]   # not the 2.5 GB unlabeled_X.bin
-    return ArraySpec(lambda root: root / STL10.base_folder, required, labelled, _load_stl10)
+    return ArraySpec(lambda root: root / STL10.base_folder, required, labelled, _load_stl10,
+                     lambda root: _url_source(STL10.url, root))
 
 
 def _load_stl10(root: Path, download: bool) -> dict:
@@ -385,7 +413,9 @@ def array_dataset(cfg, name: str, spec: ArraySpec) -> tuple[dict, list[str]]:
         raise UserError(f"{name} not found: looked for {folder / missing[0]}; pass data.download=true to "
                         f"download it there, or set data.root to the folder that holds {folder.relative_to(root)}/")
     if missing:
-        _torchvision_call(name, folder, lambda: spec.load(root, True))
+        source = spec.source(root)
+        _torchvision_call(name, folder, lambda: _download(name, folder.relative_to(root), source,
+                                                          lambda: spec.load(root, True)))
     key = hash_files([folder / f for f in spec.hashed], name)
     path = cache_dir(cfg) / f"{name}-{key}.pt"
     notes: list[str] = []
@@ -395,13 +425,50 @@ def array_dataset(cfg, name: str, spec: ArraySpec) -> tuple[dict, list[str]]:
     return data, notes
 
 
-def _torchvision_call(name: str, folder: Path, fn: Callable[[], dict]) -> dict:
+def _torchvision_call(name: str, folder: Path, fn: Callable[[], Any]) -> Any:
     """Run torchvision's loader; its integrity failures become one-line user errors."""
     try:
         return fn()
     except RuntimeError as exc:
         raise UserError(f"{name} files in {folder} failed torchvision's check ({exc}); delete them and pass "
                         "data.download=true") from None
+
+
+# What a failed download raises: no network, DNS, refused or dropped connections, TLS, HTTP errors.
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.gaierror,
+                  ssl.SSLError)
+
+
+def _download(name: str, folder: Path, source: Source, fn: Callable[[], Any]) -> Any:
+    """Run torchvision's download (`fn`); a failure is one line naming the URLs and where files go by hand.
+
+    `folder` is where the unpacked files live, relative to data.root (for a data.root that holds them).
+    """
+    try:
+        return fn()
+    except RuntimeError as exc:
+        # torchvision's MNIST tries each mirror, then raises RuntimeError("Error downloading ...");
+        # other RuntimeErrors are integrity failures, for `_torchvision_call`.
+        if not str(exc).startswith("Error downloading"):
+            raise
+        last = str(exc).strip().splitlines()[-1]
+        reason, network = last.removeprefix("<urlopen error ").removesuffix(">"), True
+    except (OSError, http.client.HTTPException) as exc:
+        reason, network = _reason(exc), isinstance(exc, NETWORK_ERRORS)
+    them = "it" if len(source.files) == 1 else "them"
+    hint = (f"if this machine cannot reach {them}, download {them} elsewhere and put {them} in {source.into} "
+            f"(data.download=true then unpacks {them} without the network), or set data.root to a folder that "
+            f"already holds {folder}/" if network else f"check that {source.into} is writable and has space")
+    raise UserError(f"could not download {name}: {source.urls()} ({reason}); {hint}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, one-line reason: URLError's own reason, an OSError's strerror, else its text."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    inner = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    text = getattr(inner, "strerror", None) or str(inner) or type(inner).__name__
+    return " ".join(str(text).split())[:160]
 
 
 def _array_builder(name: str, spec_fn: Callable[[], ArraySpec], stats_name: str, val_default: float):
@@ -501,6 +568,7 @@ def _tensor_file(path: Path) -> dict | None:
 
 IMAGENETTE_SIZES = {"full": "full", "320": "320px", "320px": "320px", "160": "160px", "160px": "160px"}
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/"
 
 
 def _imagenette_files(cfg) -> tuple[Path, None]:
@@ -519,11 +587,20 @@ def imagenette(cfg, *, with_test: bool, presets: list[str]) -> Raw:
     size = IMAGENETTE_SIZES[str(cfg.size)]
     root = Path(cfg.root).expanduser()
     folder = root / IMAGENETTE_FOLDERS[size]
+    if folder.is_dir() and not all((folder / split).is_dir() for split in ("train", "val")):
+        raise UserError(f"imagenette folder {folder} lacks train/ or val/ (unpacking cut short?); delete it and "
+                        "pass data.download=true, or unpack the archive there again")
     if not folder.is_dir() and not cfg.download:
         raise UserError(f"imagenette not found: looked for {folder}; pass data.download=true to download it there")
+    if not folder.is_dir():
+        # torchvision keeps the archives' URLs in a private table; the fast.ai address is the fallback.
+        url = getattr(Imagenette, "_ARCHIVES", {}).get(size, (f"{IMAGENETTE_URL}{IMAGENETTE_FOLDERS[size]}.tgz",))[0]
+        _torchvision_call("imagenette", folder, lambda: _download(
+            "imagenette", folder.relative_to(root), _url_source(url, root),
+            lambda: Imagenette(str(root), split="train", size=size, download=True)))
     decode = img.FileDecoder(3, None)
-    train = Imagenette(str(root), split="train", size=size, download=cfg.download, loader=decode)
-    val = Imagenette(str(root), split="val", size=size, loader=decode)
+    train, val = (_torchvision_call("imagenette", folder, lambda: Imagenette(str(root), split=split, size=size,
+                                                                             loader=decode)) for split in ("train", "val"))
     mean, std = STATS["imagenet"]
     return Raw(train, val, None, classes=[names[0] for names in train.classes], channels=3, size=None,
                mean=mean, std=std, notes=["imagenette: no test split; val is the official validation set"])
@@ -544,9 +621,10 @@ def imagenet(cfg, *, with_test: bool, presets: list[str]) -> Raw:
                             "automatically (licence): put the ILSVRC-2012 train/ and val/ class folders under data.root")
     train = img.list_images(root / "train")
     val = img.list_images(root / "val", train.classes)
-    img.raise_problems(train.problems + val.problems)
+    loop_problems, loop_notes = img.loop_report([train, val], skip=cfg.skip_bad)
+    img.raise_problems(train.problems + val.problems + loop_problems)
     decode = img.FileDecoder(3, None)
     mean, std = STATS["imagenet"]
     return Raw(FileImages(train.files, train.labels, decode), FileImages(val.files, val.labels, decode), None,
                classes=train.classes, channels=3, size=None, mean=mean, std=std,
-               notes=ignored_notes([train, val]))
+               notes=ignored_notes([train, val]) + loop_notes)

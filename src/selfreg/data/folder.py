@@ -34,8 +34,9 @@ def folder(cfg, *, with_test: bool, presets: list[str], needed: tuple[str, ...] 
     Grey, RGBA, palette and 16-bit images are converted (to RGB when any image is
     colour); images whose size differs from the most common one are resized to it
     (unless the augmentation crops every image to size itself, e.g. `imagenet`).
-    Bad files (not images, truncated, corrupt, empty) stop the run with one line
-    listing them all, or are skipped and counted with `data.skip_bad=true`.
+    Bad files (not images, truncated, corrupt, empty) and symbolic links to a folder they sit
+    inside (a loop) stop the run with one line listing them all, or are skipped and counted
+    with `data.skip_bad=true`.
     With `data.cache=true` every image is decoded once into a uint8 cache.
     Every problem of the tree (empty or unknown class folders, bad files) is reported in one
     message. Bad files in splits outside `needed` (e.g. train/ when `selfreg eval` reads its
@@ -44,7 +45,9 @@ def folder(cfg, *, with_test: bool, presets: list[str], needed: tuple[str, ...] 
     listings, notes = _folder_listings(Path(cfg.root).expanduser(), with_test)
     if cfg.download:
         notes.append("data.download=true has no effect on the folder dataset (nothing to download)")
-    problems = [p for listing in listings.values() for p in listing.problems]
+    loop_problems, loop_notes = img.loop_report(listings.values(), skip=cfg.skip_bad)
+    notes += loop_notes
+    problems = [p for listing in listings.values() for p in listing.problems] + loop_problems
     if problems:   # still scan for bad files, so that one message lists everything to fix
         bad = [(listing.files[i], p.error) for split, listing in listings.items()
                for i, p in enumerate(_scan(cfg, listing, notes)) if p.error is not None]

@@ -8,14 +8,16 @@ or, with `data.skip_bad`, a counted note in the run log.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
@@ -37,6 +39,9 @@ class Listing:
     # What is wrong with the folder (empty class folders, unknown classes, ...): collected, not
     # raised, so that one message can list every problem of a dataset at once.
     problems: list[str] = field(default_factory=list)
+    # Symbolic links to a folder they sit inside ("link -> target"), not followed: a problem, or
+    # skipped with a note under data.skip_bad (see `loop_report`).
+    loops: list[str] = field(default_factory=list)
 
 
 def list_images(split_dir: Path, classes: list[str] | None = None) -> Listing:
@@ -63,12 +68,79 @@ def list_images(split_dir: Path, classes: list[str] | None = None) -> Listing:
         return False
 
     class_to_idx = {c: i for i, c in enumerate(classes) if c in found}
-    samples = make_dataset(str(split_dir), class_to_idx, is_valid_file=is_image, allow_empty=True)
+    loops: list[str] = []
+    samples = _samples(str(split_dir), class_to_idx, is_image, loops)
     counts = Counter(label for _, label in samples)
     empty = [str(split_dir / classes[i]) for i in class_to_idx.values() if counts[i] == 0]
     if empty:
         problems.append(f"class folder(s) with no images ({', '.join(IMG_EXTENSIONS)}): {', '.join(empty)}")
-    return Listing(split_dir, [p for p, _ in samples], [y for _, y in samples], list(classes), ignored, problems)
+    return Listing(split_dir, [p for p, _ in samples], [y for _, y in samples], list(classes), ignored, problems,
+                   loops)
+
+
+def _samples(split_dir: str, class_to_idx: dict[str, int], is_valid: Callable[[str], bool],
+             loops: list[str]) -> list[tuple[str, int]]:
+    """torchvision's `make_dataset` (same files, same order), except that a symbolic link to a folder
+    it sits inside is not followed but recorded in `loops`: os.walk(followlinks=True) would go round
+    such a loop ~40 levels deep, giving one class every image above the link."""
+    above = _identities_above(split_dir)
+    samples = []
+    for name in sorted(class_to_idx):
+        class_dir = os.path.join(split_dir, name)
+        if os.path.isdir(class_dir):
+            samples += [(path, class_to_idx[name]) for path in _walk_files(class_dir, above, loops) if is_valid(path)]
+    return samples
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the folder `path` leads to; None when it cannot be read (os.walk skips those)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identities_above(folder: str) -> frozenset:
+    """The folder and every folder above it, resolved: a link to any of them is a loop."""
+    real = Path(os.path.realpath(folder))
+    return frozenset(_identity(str(p)) for p in (real, *real.parents)) - {None}
+
+
+def _walk_files(top: str, above: frozenset, loops: list[str]) -> list[str]:
+    """Every file under `top`, following links to folders but never into a folder the walk is inside."""
+    if _identity(top) in above:
+        loops.append(f"{top} -> {os.path.realpath(top)}")
+        return []
+    inside = {top: above | {_identity(top)}}     # each folder to walk: the folders it lies within
+    found = []
+    for root, dirs, files in os.walk(top, followlinks=True):
+        outer = inside.pop(root)
+        kept = []
+        for d in dirs:
+            path = os.path.join(root, d)
+            ident = _identity(path)
+            if ident is not None and ident in outer:
+                loops.append(f"{path} -> {os.path.realpath(path)}")
+                continue
+            kept.append(d)
+            inside[path] = outer | {ident}
+        dirs[:] = kept                          # os.walk descends only into what is left here
+        found.append((root, sorted(files)))
+    return [os.path.join(root, f) for root, files in sorted(found) for f in files]
+
+
+def loop_report(listings, skip: bool) -> tuple[list[str], list[str]]:
+    """(problems, notes) for the symbolic-link loops of `listings`: one problem, or with `skip`
+    (data.skip_bad=true) one note; the loops themselves were never followed."""
+    loops = [loop for listing in listings for loop in listing.loops]
+    if not loops:
+        return [], []
+    shown = "; ".join(loops[:10]) + (f" and {len(loops) - 10} more" if len(loops) > 10 else "")
+    if skip:
+        return [], [f"skipped {len(loops)} symbolic link loop(s) (data.skip_bad=true): {shown}"]
+    return [f"{len(loops)} symbolic link loop(s) (a link to a folder it sits inside; remove the link, or pass "
+            f"data.skip_bad=true to skip it): {shown}"], []
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -109,8 +181,7 @@ class Probe:
 def open_image(path: str) -> Image.Image:
     """PIL image with its pixels loaded; `BadImage` with a short reason otherwise."""
     try:
-        if os.path.getsize(path) == 0:
-            raise BadImage("empty file")
+        _check_file(path)
         im = Image.open(path)
         im.load()
         return im
@@ -118,6 +189,8 @@ def open_image(path: str) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
+    except FileNotFoundError:
+        raise BadImage(_missing(path)) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         text = str(exc)
         raise BadImage("truncated" if "truncated" in text else f"corrupt: {text[:80]}") from None
@@ -150,8 +223,7 @@ def probe(path: str) -> Probe:
     confirms (valid files with trailing bytes after the marker pass).
     """
     try:
-        if os.path.getsize(path) == 0:
-            raise BadImage("empty file")
+        _check_file(path)
         with Image.open(path) as im:
             result = Probe((im.height, im.width), im.mode)
             fmt = im.format
@@ -163,8 +235,24 @@ def probe(path: str) -> Probe:
         return Probe(error=str(exc))
     except UnidentifiedImageError:
         return Probe(error="not an image")
+    except FileNotFoundError:
+        return Probe(error=_missing(path))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return Probe(error=f"corrupt: {str(exc)[:80]}")
+
+
+def _check_file(path: str) -> None:
+    """`BadImage` for what no decoder should open: an empty file, or a FIFO, socket or device
+    (opening a FIFO waits for a writer forever)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage("not a regular file (a FIFO, socket or device)")
+    if st.st_size == 0:
+        raise BadImage("empty file")
+
+
+def _missing(path: str) -> str:
+    return f"a symbolic link to a missing file ({os.readlink(path)})" if os.path.islink(path) else "gone"
 
 
 # JPEG ends with EOI (FF D9); PNG with an IEND chunk (then a 4-byte CRC). Some writers pad a
