@@ -23,8 +23,23 @@ from .errors import UserError
 @dataclass
 class ModelConfig:
     name: str = "resnet20"
+    # Start from shipped weights (`selfreg models --pretrained`): a tag, or true for the model's
+    # default; with another class count than theirs the head is new (fine-tuning, docs/using.md).
+    pretrained: Any = None
     # Extra builder arguments, e.g. {shortcut: B, block: bn_after_add_no_relu}.
     kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p = self.pretrained
+        if not (p is None or isinstance(p, bool) or (isinstance(p, str) and p.strip())):
+            raise UserError(f"config key model.pretrained must be a weights tag, true (the model's default "
+                            f"weights) or null, got {p!r}")
+        for key, fix in (("pretrained", "set model.pretrained: TAG (or true) instead"),
+                         ("checkpoint", "start from shipped weights with model.pretrained, or continue a run "
+                                        "with --resume"),
+                         ("num_classes", "the data sets it"), ("in_chans", "the data sets it (data.channels)")):
+            if key in self.kwargs:
+                raise UserError(f"model.kwargs.{key} is not a builder argument: {fix}")
 
 
 @dataclass
@@ -184,12 +199,30 @@ class TrainConfig:
     ema_decay: float = 0.0
     # DistributedDataParallel (torchrun): convert BN to SyncBatchNorm (CUDA only).
     sync_bn: bool = False
-    tensorboard: bool = True
+    # Where each epoch's metrics go (selfreg.train.loggers): csv (metrics.csv: always written, whether
+    # listed or not; the report reads it), tensorboard (RUN/tb), mlflow, wandb (these two need
+    # `pip install 'selfreg[track]'`). train.tensorboard=true/false, of older recipes, adds or removes
+    # tensorboard (folded in at load). All keys of loggers only say how a run is shown: LOGGER_KEYS.
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    tensorboard: Optional[bool] = None
+    # mlflow: a tracking URI (http://host:5000, sqlite:///x.db) or a local folder (mlflow.db, artifacts/);
+    # empty = $MLFLOW_TRACKING_URI, else MLflow's default; the experiment the runs are filed under.
+    mlflow_uri: str = ""
+    mlflow_experiment: str = "selfreg"
+    # wandb: project, entity (empty = your default), tags; offline = written locally for `wandb sync`.
+    wandb_project: str = "selfreg"
+    wandb_entity: str = ""
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_offline: bool = False
     # Progress: auto (a bar on a terminal, plain lines otherwise) | bar | lines | none.
     progress: str = "auto"
     # never: a new run folder every time | auto: continue the run in out_dir/run_name when it has a
     # checkpoint (a torchrun restart or a requeued job finds its run), else start it there.
     resume: str = "never"
+    # CUDA only (the CPU's kernels are deterministic): true = deterministic cuDNN/cuBLAS kernels and
+    # no cuDNN autotuning, so a rerun and an exact resume give the same numbers; false = cuDNN
+    # benchmark mode (faster convolutions, not reproducible bit for bit). Kept on resume.
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         _check_range("train.epochs", self.epochs, low=1)
@@ -211,6 +244,16 @@ class TrainConfig:
         if not (m is None or m == "dynamic" or
                 (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m <= 1)):
             raise UserError(f"train.bn_momentum must be null, a number in [0, 1] or dynamic, got {m!r}")
+        if self.tensorboard is not None:   # the older switch, folded into train.loggers
+            self.loggers = [n for n in self.loggers if n != "tensorboard" or self.tensorboard]
+            if self.tensorboard and "tensorboard" not in self.loggers:
+                self.loggers.append("tensorboard")
+            self.tensorboard = None
+        twice = next((n for n in self.loggers if self.loggers.count(n) > 1), None)
+        if twice is not None:
+            raise UserError(f"config key train.loggers names {twice} twice; name each logger once")
+        if not self.mlflow_experiment.strip():
+            raise UserError("config key train.mlflow_experiment is empty; name the MLflow experiment (default: selfreg)")
 
 
 def _check_bool_or_auto(key: str, value: Any) -> None:
@@ -439,14 +482,19 @@ def _type_error(key: str, value: Any, expected: str) -> UserError:
     return UserError(f"config key {key} must be {expected}, got {value!r}")
 
 
+# The loggers' keys (train.loggers and each logger's settings) only say how a run is shown.
+LOGGER_KEYS = frozenset({
+    "train.loggers", "train.tensorboard", "train.mlflow_uri", "train.mlflow_experiment",
+    "train.wandb_project", "train.wandb_entity", "train.wandb_tags", "train.wandb_offline",
+})
 # Keys that may change when a run continues (`selfreg train --resume RUN key=value`, or a sweep
 # restarted over its folder) without making it another experiment: more epochs extend the run;
 # CPU threads only change float summation order; the rest say where the data lives or how the
 # run is shown. Anything else (model, optimizer, schedule, data, seed...) starts a new run.
 RESUMABLE_KEYS = frozenset({
-    "train.epochs", "train.threads", "train.device", "train.progress", "train.plot", "train.tensorboard",
+    "train.epochs", "train.threads", "train.device", "train.progress", "train.plot",
     "train.resume", "data.root", "data.download", "data.num_workers", "data.cache_dir",
-})
+}) | LOGGER_KEYS
 # A recipe's `auto` speed settings continue a run whatever concrete value it chose (train/autotune.py).
 AUTO_CHOSEN = frozenset({"train.amp", "train.channels_last", "train.compile"})
 # A data.val_fraction a run recorded as null was unused: its dataset has a val split of its own.

@@ -51,11 +51,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved. Generator states are CPU byte tensors wherever the checkpoint
+    was loaded; CUDA states are restored for the GPUs visible now (a run saved with 8 GPUs may
+    resume with fewer: each rank draws on its own device)."""
     random.setstate(_python_state(state["python"]))
     np.random.set_state(_numpy_from(state["numpy"]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 # weights_only loading accepts tensors, lists, dicts and primitives, so the numpy and
@@ -67,7 +71,7 @@ def _numpy_state() -> dict:
 
 
 def _numpy_from(s: dict):
-    return (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+    return (s["name"], s["keys"].cpu().numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
 
 
 def _python_state(s) -> tuple:

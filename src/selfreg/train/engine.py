@@ -4,16 +4,19 @@
     summary = fit(cfg, resume="runs/demo")          # continue exactly where it stopped
 
 A run directory holds `config.yaml` (the resolved config, which reproduces the
-run), `metrics.csv`, TensorBoard events under `tb/`, `checkpoints/{last,best}.pt`,
-`plots/curves.png`, `summary.json` and `provenance.json` (where it came from:
-selfreg.provenance). Mixed precision, channels_last, torch.compile, EMA, SAM and
-DistributedDataParallel are all options here, once.
+run), `metrics.csv`, `checkpoints/{last,best}.pt`, `plots/curves.png`, `summary.json`,
+`provenance.json` (where it came from: selfreg.provenance) and what its loggers write
+(`train.loggers`, selfreg.train.loggers: TensorBoard events under `tb/`, an MLflow or W&B run).
+Mixed precision, channels_last, torch.compile, EMA, SAM and DistributedDataParallel are all
+options here, once.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -44,7 +47,8 @@ from .bn import BNMomentum
 from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
                          save_checkpoint, set_rng_state)
 from .checks import check_config
-from .logging import MetricsCSV, Progress, TensorBoard, plot_curves, read_metrics
+from .loggers import Loggers, RunInfo, logger_names
+from .logging import Progress, plot_curves, read_metrics
 from .optim import SAM, build_optimizer, build_scheduler, schedule_factor
 
 
@@ -90,8 +94,10 @@ class StepOptions:
     ema: nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
     ctx: dist_utils.DistContext = field(default_factory=dist_utils.DistContext)
-    # Under DDP the stop flag is agreed on every N steps (a collective); alone, every step.
-    stop_check_every: int = 1
+    # The stop flag and the non-finite-loss count are read on the host every N steps (one sync, a
+    # collective under DDP): 1 on a lone CPU process, where a read costs nothing; more on a GPU,
+    # where every read makes the CPU wait for the device. nan_policy=skip reads every step.
+    check_every: int = 1
     # `evaluate` also counts top-5 accuracy (the Run sets it for datasets of more than 5 classes).
     top5: bool = False
 
@@ -121,6 +127,22 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
 
 
+def set_determinism(on: bool, device: torch.device) -> None:
+    """The one place that decides how reproducible GPU kernels are (train.deterministic).
+
+    On CUDA: deterministic cuDNN and cuBLAS kernels and no cuDNN autotuning (whose choice of
+    algorithm varies from run to run), or cuDNN's benchmark mode for speed. cuBLAS reads its
+    workspace setting when its first handle is made, before the model reaches the GPU.
+    The CPU's kernels are deterministic already: nothing global is changed there."""
+    if device.type != "cuda":
+        return
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -141,11 +163,24 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor, opts: StepOptions) -> t
 
 
 def loss_is_finite(loss: torch.Tensor, opts: StepOptions) -> bool:
-    """One host sync per step; under DDP all ranks agree so none steps alone."""
+    """For nan_policy=skip, which must know before the step: a host sync every step; under DDP
+    all ranks agree so none steps alone."""
     bad = (~torch.isfinite(loss.detach())).float()
     if opts.ctx.enabled:
         (bad,) = dist_utils.all_reduce_sum(opts.ctx, bad)
     return bad.item() == 0
+
+
+def step_checks(stop: StopFlag | None, nonfinite: torch.Tensor, opts: StepOptions) -> tuple[bool, bool]:
+    """(stop agreed, a non-finite loss seen) over every rank: one read of the device, one collective."""
+    requested = stop is not None and stop.requested
+    if not opts.ctx.enabled:
+        return requested, bool(nonfinite.item() > 0) if opts.nan_policy == "stop" else False
+    flag = torch.tensor([float(requested), 0.0], device=opts.device)
+    flag[1] = nonfinite
+    (flag,) = dist_utils.all_reduce_sum(opts.ctx, flag)
+    stop_now, bad = flag.tolist()
+    return stop_now > 0, bad > 0
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler,
@@ -161,7 +196,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     loss_sum = torch.tensor(progress.loss_sum, device=opts.device, dtype=torch.float64)
     correct = torch.tensor(progress.correct, device=opts.device, dtype=torch.float64)
     seen, skipped = progress.seen, progress.skipped
+    nonfinite = torch.zeros((), device=opts.device)     # non-finite losses since the last check
     sam = isinstance(optimizer, SAM)
+    skip_policy = opts.nan_policy == "skip"
     for batch_idx, (images, labels) in enumerate(loader):
         if batch_idx < progress.batches:
             continue  # already trained on before the interruption (same batches: seeded loader)
@@ -184,15 +221,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             return out, batch_loss
 
         logits, loss = forward_backward()
-        if not loss_is_finite(loss, opts):
-            step = scheduler.last_epoch
-            if opts.nan_policy == "stop":
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step} (batch {batch_idx}); "
-                    "the last good checkpoint is kept; lower optim.lr or set train.nan_policy=skip")
+        if skip_policy and not loss_is_finite(loss, opts):
             optimizer.zero_grad(set_to_none=True)
             skipped += 1
         else:
+            if not skip_policy:   # counted on the device, read every check_every steps
+                nonfinite += (~torch.isfinite(loss.detach())).float()
             clip_gradients(model, optimizer, opts)
             if sam:
                 optimizer.step(closure=lambda: (forward_backward(), clip_gradients(model, optimizer, opts)))
@@ -210,10 +244,20 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         scheduler.step()
         if bar is not None:
             bar.update(labels.size(0))
-        if stop is not None and (batch_idx + 1) % opts.stop_check_every == 0 and stop_agreed(stop, opts):
-            progress.batches, progress.loss_sum, progress.correct = batch_idx + 1, loss_sum.item(), correct.item()
-            progress.seen, progress.skipped = seen, skipped
-            raise Interrupted()
+        last = batch_idx + 1 == len(loader)
+        if (batch_idx + 1) % opts.check_every == 0 or last:
+            stop_now, diverged = step_checks(stop, nonfinite, opts)
+            if diverged:
+                first = scheduler.last_epoch - ((batch_idx % opts.check_every) + 1)
+                where = (f"step {scheduler.last_epoch - 1}" if opts.check_every == 1
+                         else f"steps {first}..{scheduler.last_epoch - 1}")
+                raise TrainingDiverged(
+                    f"the loss became non-finite (nan or inf) at epoch {epoch}, {where} (batch {batch_idx}); "
+                    "the last good checkpoint is kept; lower optim.lr or set train.nan_policy=skip")
+            if stop_now and not last:
+                progress.batches, progress.loss_sum, progress.correct = batch_idx + 1, loss_sum.item(), correct.item()
+                progress.seen, progress.skipped = seen, skipped
+                raise Interrupted()
     loss_sum, correct, n, skipped_t = dist_utils.all_reduce_sum(
         opts.ctx, loss_sum, correct, torch.tensor(float(seen), device=opts.device),
         torch.tensor(float(skipped), device=opts.device))
@@ -226,12 +270,6 @@ def clip_gradients(model: nn.Module, optimizer, opts: StepOptions) -> None:
         if opts.scaler is not None:
             opts.scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-
-
-def stop_agreed(stop: StopFlag, opts: StepOptions) -> bool:
-    flag = torch.tensor(float(stop.requested), device=opts.device)
-    (flag,) = dist_utils.all_reduce_sum(opts.ctx, flag)
-    return flag.item() > 0
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -315,9 +353,39 @@ def make_mixup(cfg: Config, num_classes: int):
 def make_ema(model: nn.Module, decay: float):
     if decay <= 0:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return HostCountedEMA(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+class HostCountedEMA(torch.optim.swa_utils.AveragedModel):
+    """torch's AveragedModel EMA (parameters and buffers), the same maths and state, but its step
+    count is mirrored on the host: AveragedModel.update_parameters reads the `n_averaged` buffer
+    twice a step (`== 0`, `> 0`), each a device-to-host sync on a GPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.count = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+        mine = [t.detach() for t in itertools.chain(self.module.parameters(), self.module.buffers())]
+        theirs = [t.detach().to(m.device) for m, t in
+                  zip(mine, itertools.chain(model.parameters(), model.buffers()), strict=True)]
+        if self.count == 0:
+            torch._foreach_copy_(mine, theirs)
+        else:
+            for (_device, _), ([a, b], _) in _group_tensors_by_device_and_dtype([mine, theirs]).items():
+                self.multi_avg_fn(a, b, self.n_averaged)
+        self.n_averaged += 1
+        self.count += 1
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.count = int(self.n_averaged)          # once, when a run resumes
+        return result
 
 
 class Run:
@@ -341,6 +409,7 @@ class Run:
             torch.set_num_threads(cfg.train.threads)
         if self.ctx.device.type == "cpu":
             keep_freed_memory()            # large activations reused, not page-faulted every step
+        set_determinism(cfg.train.deterministic, self.ctx.device)
         device = self.ctx.device
 
         self.splits = build_dataset(cfg.data)
@@ -355,7 +424,7 @@ class Run:
         seed_everything(cfg.train.seed + self.ctx.rank)
         # What the data says; the factory passes img_size on to the models that declare it.
         self.model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
-                                  in_chans=self.splits.in_chans,
+                                  in_chans=self.splits.in_chans, pretrained=cfg.model.pretrained, log=self.log,
                                   **sized_kwargs(cfg.model.kwargs, self.splits.image_size))
         self.n_params = count_parameters(self.model)
         self.model.to(device)
@@ -380,7 +449,8 @@ class Run:
             channels_last=cfg.train.channels_last, grad_clip=cfg.optim.grad_clip,
             nan_policy=cfg.train.nan_policy, label_smoothing=cfg.train.label_smoothing,
             mixup=make_mixup(cfg, self.splits.num_classes), bn=BNMomentum(self.model, cfg.train.bn_momentum),
-            ema=self.ema, scaler=scaler, ctx=self.ctx, stop_check_every=50 if self.ctx.enabled else 1,
+            ema=self.ema, scaler=scaler, ctx=self.ctx,
+            check_every=1 if device.type == "cpu" and not self.ctx.enabled else 50,
             top5=self.splits.num_classes > 5)   # top-5 of 5 classes or fewer is 100%: not counted
 
         self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
@@ -408,14 +478,11 @@ class Run:
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.train.compile:  # under compile=auto, a trial in the run's first steps (autotune.CompileTrial)
             self.train_model = autotune.compile_model(self.train_model, self.speed, cfg, self.run_dir, self.ctx)
-        self.metrics = MetricsCSV(self.run_dir / "metrics.csv")
-        if self.ctx.is_main:
-            self.metrics.truncate_after(self.epoch)
-            # A kill between the checkpoint's rename and the metrics row: the checkpoint holds the row.
-            if self.last_row is not None and self.metrics.last_epoch() < self.epoch:
-                self.metrics.append(self.last_row)
-        self.tb = TensorBoard(self.run_dir / "tb" if cfg.train.tensorboard and self.ctx.is_main else None,
-                              purge_step=self.epoch + 1 if resume is not None else None)
+        # Where each epoch's metrics go (metrics.csv first), rank 0 only. Last: a logger that cannot
+        # start stops the run here, in one line, before its first step.
+        self.loggers = Loggers.start(logger_names(cfg.train), RunInfo(
+            self.run_dir, cfg, epoch=self.epoch, resumed=resume is not None, last_row=self.last_row),
+            log=self.log) if self.ctx.is_main else Loggers()
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -457,7 +524,10 @@ class Run:
             self.log(f"{self.run_dir} has no checkpoint yet (stopped during its first epoch): "
                      "starting it from the beginning")
             return None
-        return load_checkpoint(path, map_location=device)
+        # Always to the CPU: RNG states must stay CPU tensors, and a checkpoint saved on another
+        # device (or another GPU count) loads anywhere; load_state_dict moves weights and
+        # optimizer state to the model's device.
+        return load_checkpoint(path, map_location="cpu")
 
     def _save_config_if_changed(self) -> None:
         path = self.run_dir / "config.yaml"
@@ -499,6 +569,16 @@ class Run:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
+        """Train the epochs left; the loggers then hear how the run ended (with its files if it finished)."""
+        try:
+            summary = self._fit()
+        except BaseException as exc:
+            self.loggers.finish("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")
+            raise
+        self.loggers.finish("finished")
+        return summary
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         start_epoch = self.epoch + 1
         self.log(f"run {self.run_dir}: {cfg.model.name} ({self.n_params:,} parameters) on {cfg.data.name} "
@@ -520,7 +600,6 @@ class Run:
         if self.ctx.enabled:
             in_sync = dist_utils.replicas_in_sync(self.ctx, self.model)
             self.log(f"weights identical across {self.ctx.world_size} ranks: {'yes' if in_sync else 'NO'}")
-        self.tb.close()
         return self._summary()
 
     def _one_epoch(self, epoch: int, stop: StopFlag) -> None:
@@ -565,8 +644,7 @@ class Run:
             # The checkpoint first, then its row: metrics.csv never describes an epoch that no
             # checkpoint holds (the checkpoint carries the row, so a resume can restore it).
             self.save(best=improved)
-            self.metrics.append(row)
-            self.tb.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch)
+            self.loggers.log_metrics(row, epoch)
             if cfg.train.plot:
                 plot_curves(self.run_dir / "metrics.csv", self.run_dir / "plots" / "curves.png",
                             title=f"{cfg.model.name} on {cfg.data.name}")
@@ -574,8 +652,8 @@ class Run:
                  f"acc {100 * train.acc:.2f}%  val loss {val.loss:.4f} acc {100 * val.acc:.2f}%  "
                  + (f"top-5 {100 * val.acc5:.2f}%  " if val.acc5 is not None else "") +
                  f"({row['seconds']:.1f}s)" + (f"  skipped {train.skipped} steps" if train.skipped else ""))
-        if stop.requested:
-            raise Interrupted(f"{stop.signal_name}: stopped after epoch {epoch} (checkpoint saved); "
+        if step_checks(stop, torch.zeros((), device=self.ctx.device), self.opts)[0]:   # every rank alike
+            raise Interrupted(f"{stop.signal_name or 'SIGTERM'}: stopped after epoch {epoch} (checkpoint saved); "
                               f"continue with: selfreg train --resume {self.run_dir}")
 
     def _summary(self) -> dict:
