@@ -8,6 +8,7 @@ The resolved config is saved with every run and reproduces it.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -18,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from .errors import UserError
+from .plugins import check_module_name, import_modules, load_installed
 
 
 @dataclass
@@ -283,21 +285,36 @@ def _check_range(key: str, value: float, low: float | None = None, high: float |
 
 @dataclass
 class Config:
+    # Modules that register your own models, datasets, augmentations, optimizers or schedules
+    # (selfreg.plugins), imported before any name is checked; kept in config.yaml and in the
+    # checkpoints, so that resume, sweeps, eval and predict import them again. E.g. [mypkg.models].
+    imports: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        self.imports = list(dict.fromkeys(check_module_name(m, "config key imports") for m in self.imports))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- `section.key=value` overrides, validated at every step."""
+def load_config(path: str | Path | dict | Config | None, overrides: list[str] | tuple[str, ...] = (),
+                imports: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file (or a dict shaped like one, or a Config) <- `section.key=value`
+    overrides, validated at every step; then the modules of `imports:` (and `imports`, from
+    --import: added to the config's) are imported (`use_imports`)."""
     raw: dict = {}
-    if path is not None:
+    if isinstance(path, Config):
+        raw = path.to_dict()
+    elif isinstance(path, dict):
+        raw = copy.deepcopy(path)
+    elif path is not None:
         raw = read_yaml(path)
+    if path is not None:
         # A recipe's `sweep:` section (grid, seeds, paper numbers) is read by selfreg.sweep and
         # its `launcher:` section (cluster resources) by selfreg.launch; on its own the recipe
         # trains its base configuration.
@@ -306,7 +323,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
-    return from_dict(Config, raw)
+    return use_imports(from_dict(Config, raw), imports)
+
+
+def use_imports(cfg: Config, extra: list[str] | tuple[str, ...] = ()) -> Config:
+    """Import what registers the names `cfg` refers to: installed plugins (entry point group
+    selfreg.plugins), the modules `extra` (--import) and those of `cfg.imports`; `extra` joins
+    `cfg.imports`, so the run's config.yaml records it. Returns `cfg`."""
+    load_installed()
+    import_modules(extra, origin="--import")
+    import_modules(cfg.imports, origin="config key imports")
+    cfg.imports = list(dict.fromkeys([*cfg.imports, *(check_module_name(m, "--import") for m in extra)]))
+    return cfg
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -490,10 +518,12 @@ LOGGER_KEYS = frozenset({
 # Keys that may change when a run continues (`selfreg train --resume RUN key=value`, or a sweep
 # restarted over its folder) without making it another experiment: more epochs extend the run;
 # CPU threads only change float summation order; the rest say where the data lives or how the
-# run is shown. Anything else (model, optimizer, schedule, data, seed...) starts a new run.
+# run is shown; `imports` only says where the names the run uses are registered (the names
+# themselves are keys that may not change). Anything else (model, optimizer, schedule, data,
+# seed...) starts a new run.
 RESUMABLE_KEYS = frozenset({
     "train.epochs", "train.threads", "train.device", "train.progress", "train.plot",
-    "train.resume", "data.root", "data.download", "data.num_workers", "data.cache_dir",
+    "train.resume", "data.root", "data.download", "data.num_workers", "data.cache_dir", "imports",
 }) | LOGGER_KEYS
 # A recipe's `auto` speed settings continue a run whatever concrete value it chose (train/autotune.py).
 AUTO_CHOSEN = frozenset({"train.amp", "train.channels_last", "train.compile"})
@@ -534,8 +564,10 @@ def changed_keys(old: Config | dict, new: Config | dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                  imports: list[str] | tuple[str, ...] = ()) -> Config:
     """The config of the run in `run_dir` with `overrides` applied, refusing keys a resume cannot change.
+    Its `imports:` are imported, and `imports` (--import) join them.
 
     Nothing is written here: the caller saves the config once the run has been restored.
     """
@@ -543,7 +575,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run wrote")
     saved = load_config(run_dir / "config.yaml")
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml", overrides, imports=imports)
     refused = [k for k in changed_keys(saved, cfg) if k not in RESUMABLE_KEYS]
     if refused:
         raise UserError(f"--resume cannot change {refused[0]} (the run was trained with another value); "

@@ -31,7 +31,7 @@ import yaml
 
 from .. import provenance
 from ..complexity import count_macs, human
-from ..config import TrainConfig, flatten
+from ..config import LOGGER_KEYS, TrainConfig, flatten
 from ..errors import UserError
 from ..factory import create_model, model_entry, sized_kwargs
 from ..stats import difference, mean_std
@@ -148,12 +148,12 @@ def collect(root: str | Path, left_out: list[tuple[Path, str]] | None = None,
 # Config keys that say where a run was written, how it showed its progress, on how many CPU
 # threads or in which memory layout / compiled form it computed the same arithmetic: runs whose
 # configs agree on every other key are seeds of one configuration. (train.amp is not here: a
-# lower precision is another experiment.)
+# lower precision is another experiment.) Where its metrics were logged (LOGGER_KEYS) neither.
 NOT_THE_CONFIGURATION = frozenset({
     "train.seed", "train.run_name", "train.out_dir", "train.threads", "train.device", "train.progress",
-    "train.plot", "train.tensorboard", "train.channels_last", "train.compile",
+    "train.plot", "train.channels_last", "train.compile",
     "data.download", "data.num_workers", "data.cache_dir",
-})
+}) | LOGGER_KEYS
 
 
 def _key(value: Any) -> str:

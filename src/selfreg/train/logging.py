@@ -1,4 +1,5 @@
-"""Run records: metrics.csv (the record of a run), TensorBoard events, progress, curves PNG."""
+"""Run records: metrics.csv (the record of a run), progress, curves PNG. Where else a run's
+metrics go (TensorBoard, MLflow, W&B) is selfreg.train.loggers, one file per logger."""
 from __future__ import annotations
 
 import csv
@@ -87,27 +88,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     except ValueError as exc:
         raise UserError(f"{path} is damaged ({exc})") from None
     return rows
-
-
-class TensorBoard:
-    """Per-epoch scalars as TensorBoard events (read back by tensorboard); silent if disabled."""
-
-    def __init__(self, log_dir: str | Path | None, purge_step: int | None = None):
-        self.writer = None
-        if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
-
-    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
-        if self.writer is None:
-            return
-        for k, v in values.items():
-            self.writer.add_scalar(f"{prefix}{k}", v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 class Progress:
