@@ -55,7 +55,7 @@ def worker_pids(agent_pid: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_killed_worker_is_restarted_and_its_run_continues_exactly(tmp_path):
-    """torchrun --max-restarts=1, `kill -9` of one worker after an epoch: the restarted workers
+    """torchrun with restarts, `kill -9` of one worker after an epoch: the restarted workers
     find their run (train.resume=auto) and continue it, ending with the weights of a run that was
     never interrupted; no "Grad strides do not match" warning (digits' 1-channel stem)."""
     import os
@@ -72,7 +72,9 @@ def test_a_killed_worker_is_restarted_and_its_run_continues_exactly(tmp_path):
     reference = torchrun(2, *args, "train.run_name=reference", timeout=300)
     assert reference.returncode == 0, reference.stdout + reference.stderr
     assert "Grad strides do not match" not in reference.stderr, reference.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+    # More than one restart: a restarted round's gloo connect is sometimes refused under load
+    # (pytorch/pytorch#167288); the next round connects, and train.resume=auto makes rounds harmless.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3",
            "-m", "selfreg", *args, "train.run_name=killed"]
     checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
     with spawn(cmd, cwd=REPO, env=env_with_src(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
@@ -85,7 +87,7 @@ def test_a_killed_worker_is_restarted_and_its_run_continues_exactly(tmp_path):
         out, _ = agent.communicate(timeout=400)
     assert agent.returncode == 0, out[-3000:]
     starts = re.findall(r"epochs (\d+)\.\.4", out)
-    assert starts[0] == "1" and len(starts) == 2 and int(starts[1]) > 1, out[-3000:]   # continued, not restarted
+    assert starts.count("1") == 1 and len(starts) >= 2 and int(starts[-1]) > 1, out[-3000:]   # continued
     a = load_checkpoint(checkpoint)
     b = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")
     assert a["epoch"] == b["epoch"] == 4

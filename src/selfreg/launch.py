@@ -391,7 +391,9 @@ def plan_from_folder(folder: str | Path, expand_fn) -> Plan:
 def single_run_plan(cfg, recipe: str | Path, launcher: dict | None = None) -> Plan:
     """`selfreg train RECIPE --launcher ...`: one run as a one-job plan, in out_dir/run_name
     (its config in out_dir/configs/, its job record in out_dir/jobs/, as a sweep's)."""
-    name = cfg.train.run_name or f"{cfg.model.name}-{cfg.data.name}-s{cfg.train.seed}"
+    from .train.engine import run_name
+
+    name = run_name(cfg)
     root = Path(cfg.train.out_dir)
     label = name.replace("/", "_")
     job = Job(label, cfg.train.seed, {}, cfg, root / name, root / "configs" / f"{label}-s{cfg.train.seed}.yaml")
