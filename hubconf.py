@@ -3,10 +3,13 @@
     model = torch.hub.load("path/to/selfreg", "rrnet20_gru", source="local")                # untrained
     model = torch.hub.load("path/to/selfreg", "rrnet20_gru", source="local", pretrained="cifar10-budget")
     model = torch.hub.load("OWNER/selfreg", "resnet20", pretrained=True)     # from GitHub: same entry points
+    model = torch.hub.load("path/to/selfreg", "resnet20", source="local", pretrained=True, num_classes=100)  # new head
 
 Each entry point is `selfreg.create_model(name, pretrained=..., **kwargs)`: pretrained is
 False (untrained), True (the model's default shipped weights) or a tag; other keyword
-arguments (num_classes, in_chans, img_size, builder arguments) go to `create_model`. The
+arguments (num_classes, in_chans, img_size, builder arguments) go to `create_model`: with
+weights, another num_classes keeps the backbone and re-initialises the head. Every model
+carries timm's `pretrained_cfg` (input size, mean, std, label names: docs/using.md). The
 entry points are generated from selfreg's model registry (selfreg/entrypoints.py), so every
 registered model is here.
 

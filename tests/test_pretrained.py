@@ -14,8 +14,10 @@ import sys
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO, load_script
 from procs import env_with_src, run
@@ -125,14 +127,114 @@ def test_empty_manifest_says_none_ship_yet(empty):
         create_model("rrnet20_gru", pretrained=TAG)
 
 
-def test_pretrained_with_checkpoint_or_other_shape_is_one_line(shipped):
+def test_pretrained_with_checkpoint_or_other_input_is_one_line(shipped):
     with one_line_error(r"^pass either pretrained='cifar10-budget' or checkpoint='x\.pt', not both$"):
         create_model("resnet20", pretrained=TAG, checkpoint="x.pt")
-    with one_line_error(r"^the resnet20:cifar10-budget-s0 weights have num_classes=10, not 100; leave num_classes out"):
-        create_model("resnet20", pretrained=TAG, num_classes=100)
-    with one_line_error("have in_chans=3, not 1"):
+    with one_line_error(r"^the resnet20:cifar10-budget-s0 weights have in_chans=3, not 1; leave in_chans out "
+                        r"\(in a recipe: data.channels=3\)"):
         create_model("resnet20", pretrained=TAG, in_chans=1)
     assert create_model("resnet20", pretrained=TAG, num_classes=10, in_chans=3) is not None
+    # A model without img_size takes any size; one built for its size must get the weights' size.
+    assert create_model("resnet20", pretrained=TAG, img_size=64) is not None
+    _, path = export_untrained(shipped.root, "lenet.safetensors", name="lenet_bn", in_chans=1, size=28)
+    pretrained.write_manifest(shipped.entries + [pretrained.make_entry(path, "mnist", 0.1, "none")], shipped.root)
+    assert create_model("lenet_bn", pretrained="mnist", img_size=28).pretrained_cfg["input_size"] == (1, 28, 28)
+    with one_line_error(r"^the lenet_bn:mnist weights are for 28x28 images, not 32; leave img_size out "
+                        r"\(in a recipe: data.image_size=28\)$"):
+        create_model("lenet_bn", pretrained="mnist", img_size=32)
+
+
+def test_fine_tuning_keeps_the_backbone_and_replaces_the_head(shipped):
+    """pretrained=TAG, num_classes=N: every tensor but the head's is the file's; the head is the
+    model's own init for N classes (as timm.create_model(..., pretrained=True, num_classes=N))."""
+    lines = []
+    torch.manual_seed(0)
+    model = create_model("resnet20", pretrained=TAG, num_classes=3, log=lines.append)
+    assert not model.training and model.num_classes == 3 and logits(model, shipped.x).shape == (4, 3)
+    mine, source = model.state_dict(), shipped.s0.state_dict()
+    assert [k for k in mine if not torch.equal(mine[k], source[k]) if mine[k].shape == source[k].shape] == []
+    assert mine["fc.weight"].shape == (3, 64) and mine["fc.bias"].shape == (3,)
+    torch.manual_seed(0)
+    fresh = create_model("resnet20", num_classes=3).state_dict()
+    assert torch.equal(mine["fc.weight"], fresh["fc.weight"])          # the builder's init, same seed
+    assert lines == [f"model resnet20: starting from the pretrained weights resnet20:{TAG}-s0 "
+                     f"(resnet20-cifar10-budget-s0.safetensors, sha256 {shipped.entries[0]['sha256'][:12]}, "
+                     "50.00% val top-1 on 10 classes); new 3-class head (fc.weight, fc.bias), backbone loaded"]
+    cfg = model.pretrained_cfg
+    assert cfg["num_classes"] == 3 and "label_names" not in cfg and cfg["tag"] == f"{TAG}-s0"
+    assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.25, 0.25, 0.25) and cfg["input_size"] == (3, 32, 32)
+    same = create_model("resnet20", pretrained=TAG, num_classes=10, log=lines.append)
+    assert same.pretrained_cfg["label_names"] == tuple(CLASSES) and not lines[-1].endswith("backbone loaded")
+    # torch.hub's entry points pass num_classes on the same way
+    hub = torch.hub.load(str(REPO), "resnet20", source="local", pretrained=TAG, num_classes=5, verbose=False)
+    assert logits(hub, shipped.x).shape == (4, 5)
+
+
+def test_weights_say_their_transform_and_classes(shipped):
+    weights = pretrained.resolve("resnet20", TAG)
+    assert weights.classes == CLASSES
+    assert weights.eval_transform.to_dict() == EvalTransform(32, 3, [0.5] * 3, [0.25] * 3).to_dict()
+    cfg = weights.pretrained_cfg()
+    assert cfg == create_model("resnet20", pretrained=TAG).pretrained_cfg
+    assert cfg["label_names"] == tuple(CLASSES) and cfg["file"] == str(shipped.path0)
+    assert weights.header()["model_name"] == "resnet20"
+    shipped.path1.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    with one_line_error(r"s1\.safetensors \(resnet20:cifar10-budget-s1\) has no readable selfreg header "
+                        r"\(JSONDecodeError[^\n]*reinstall selfreg[^\n]*$"):
+        pretrained.resolve("resnet20", f"{TAG}-s1").classes
+    shipped.path1.unlink()
+    with one_line_error(r"s1\.safetensors \(resnet20:cifar10-budget-s1\) is missing; reinstall"):
+        pretrained.resolve("resnet20", f"{TAG}-s1").eval_transform
+
+
+def test_recipe_model_pretrained_is_checked_at_load():
+    from selfreg.config import load_config
+
+    assert load_config(None, []).model.pretrained is None
+    assert load_config(None, ["model.pretrained=cifar10-budget"]).model.pretrained == TAG
+    assert load_config(None, ["model.pretrained=true"]).model.pretrained is True
+    with one_line_error(r"^config key model.pretrained must be a weights tag, true .* or null, got \[1\]$"):
+        load_config(None, ["model.pretrained=[1]"])
+    # The undocumented way that used to work silently is now a pointer to the documented one.
+    with one_line_error(r"^model.kwargs.pretrained is not a builder argument: set model.pretrained: TAG \(or true\) "
+                        r"instead$"):
+        load_config(None, ["model.kwargs.pretrained=cifar10-budget"])
+    for key in ("checkpoint", "num_classes", "in_chans"):
+        with one_line_error(f"^model.kwargs.{key} is not a builder argument: "):
+            load_config(None, [f"model.kwargs.{key}=1"])
+
+
+def test_a_recipe_fine_tunes_from_model_pretrained(shipped, tmp_path):
+    """model.pretrained: TAG in a recipe: the run starts from the weights (backbone; a new head for
+    the data's 3 classes), says so in one log line, and records the tag in config.yaml."""
+    from selfreg.config import load_config
+    from selfreg.train.checkpoint import load_checkpoint
+    from selfreg.train.engine import fit
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c"):
+        (tmp_path / "data" / "train" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / "train" / label / f"{i}.png")
+    # A learning rate too small to move a weight: the checkpoint after one epoch shows where it started.
+    cfg = load_config(None, ["model.name=resnet20", f"model.pretrained={TAG}", "data.name=folder",
+                             f"data.root={tmp_path / 'data'}", "data.batch_size=8", "train.epochs=1",
+                             "optim.lr=1e-12", "optim.momentum=0", "optim.weight_decay=0", "train.threads=1",
+                             f"train.out_dir={tmp_path / 'runs'}", "train.run_name=ft", "train.tensorboard=false"])
+    lines = []
+    fit(cfg, log=lines.append)
+    started = [line for line in lines if "starting from the pretrained weights" in line]
+    assert started == [f"model resnet20: starting from the pretrained weights resnet20:{TAG}-s0 "
+                       f"(resnet20-cifar10-budget-s0.safetensors, sha256 {shipped.entries[0]['sha256'][:12]}, "
+                       "50.00% val top-1 on 10 classes); new 3-class head (fc.weight, fc.bias), backbone loaded"]
+    run = tmp_path / "runs" / "ft"
+    assert load_config(run / "config.yaml").model.pretrained == TAG
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    source = shipped.s0.state_dict()
+    convs = [k for k, v in source.items() if v.dim() == 4]
+    assert convs and all(torch.allclose(state[k], source[k], atol=1e-6) for k in convs)
+    assert state["fc.weight"].shape == (3, 64)
 
 
 def valid_entry(**change):
@@ -255,6 +357,14 @@ def test_timm_creates_selfreg_models_and_keeps_its_own(shipped):
     seed1 = timm.create_model("selfreg_resnet20.cifar10-budget-s1", pretrained=True)
     assert torch.equal(logits(seed1, shipped.x), logits(shipped.s1, shipped.x))
     assert timm.create_model("selfreg_resnet20.cifar10-budget-s1").training
+    # timm's scripts pass the registry's cfg back as a dict (resolve_model_input_args). The registry
+    # was filled from the package's weights; the model still loads this manifest's default and
+    # carries its file's cfg (mean 0.5 here), not the registry's copy.
+    from timm.models import resolve_model_input_args
+
+    model = timm.create_model(**resolve_model_input_args("selfreg_resnet20", {}, pretrained=True))
+    assert torch.equal(logits(model, shipped.x), logits(shipped.s0, shipped.x))
+    assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and model.pretrained_cfg["file"] == str(shipped.path0)
 
 
 def test_import_selfreg_then_timm_in_a_fresh_process():

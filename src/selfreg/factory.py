@@ -5,22 +5,33 @@
     model = create_model("resnet20", img_size=32)                # not passed: any size works as built
     model = create_model("resnet20", checkpoint="runs/x/checkpoints/best.pt")
     model = create_model("rrnet20_gru", pretrained="cifar10-budget")   # shipped weights (selfreg.pretrained)
+    model = create_model("rrnet20_gru", pretrained=True, num_classes=100)  # fine-tuning: backbone kept, new head
+    model.pretrained_cfg        # timm's: input size, mean, std, interpolation, crop_pct, num_classes, label_names
 
 What a model takes besides num_classes and in_chans is declared when it registers
 (`register_model(..., accepts=("img_size", "norm_layer"))`, see `registry.SHARED_ARGS`).
 Callers pass what they know (the engine: the data's image size) and the factory passes
 on what the model declares, so nothing above this module asks which family a model is.
+
+Every model built here carries timm's `pretrained_cfg` dict (and its older alias `default_cfg`)
+and a `num_classes` attribute, as timm's models do: built from a file, the cfg is the file's
+eval transform and class names (`selfreg.pretrained.make_pretrained_cfg`); built untrained, the
+transform its native input size implies (`EvalTransform.native`: 32 px, CIFAR-10 statistics for
+the CIFAR networks). So `timm.data.resolve_data_config({}, model=model)` + `create_transform`
+prepare images as `selfreg eval` does.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
 from . import models  # noqa: F401  (importing the package registers every model family)
 from . import pretrained as shipped
+from .data.eval_transform import EvalTransform
 from .errors import UserError
 from .registry import MODELS, Entry
 from .weightfiles import Loaded, load_model_state, read_model_file
@@ -43,7 +54,8 @@ def accepts(name: str, arg: str) -> bool:
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
                  img_size: int | None = None, checkpoint: str | Path | None = None,
-                 pretrained: str | bool | None = None, **kwargs: Any) -> nn.Module:
+                 pretrained: str | bool | None = None, log: Callable[[str], None] | None = None,
+                 **kwargs: Any) -> nn.Module:
     """Build a registered model by name (10 classes and 3 channels unless given).
 
     `img_size` reaches the builder only when the model declares it. With `checkpoint`
@@ -51,16 +63,39 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     (classes, channels, builder arguments) and its weights are loaded; the file must hold
     a `name` model. `pretrained` does the same with weights that ship with selfreg: a tag
     (`"cifar10-budget"`), or True for the model's default tag; None and False build it
-    untrained (timm and torch.hub pass booleans). Loaded from a file, the model is in eval mode.
+    untrained (timm and torch.hub pass booleans). With pretrained weights and a `num_classes`
+    other than theirs, the backbone is loaded and the head re-initialised, as timm does (the
+    one step of fine-tuning); `log` then gets the line naming the weights the model starts
+    from. Loaded from a file, the model is in eval mode. Every model carries `pretrained_cfg`
+    (see the module's docstring).
     """
     if pretrained is not None and pretrained is not False:
         if checkpoint is not None:
             raise UserError(f"pass either pretrained={pretrained!r} or checkpoint={str(checkpoint)!r}, not both")
-        return build_pretrained(name, pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return build_pretrained(name, pretrained, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                                log=log, **kwargs)
     if checkpoint is not None:
         return build_from_file(checkpoint, name=name, num_classes=num_classes, in_chans=in_chans,
                                **kwargs).model.eval()
-    return _call_builder(name, build_arguments(name, num_classes, in_chans, img_size, kwargs))
+    args = build_arguments(name, num_classes, in_chans, img_size, kwargs)
+    model = _call_builder(name, args)
+    return with_cfg(model, native_cfg(name, args["num_classes"], args["in_chans"], args.get("img_size") or img_size))
+
+
+def native_cfg(name: str, num_classes: int = 10, in_chans: int = 3, img_size: Any = None) -> dict[str, Any]:
+    """The `pretrained_cfg` of an untrained `name`: the eval transform of its input size (`img_size`,
+    else the registry's native `input_size`) as `EvalTransform.native` reads it."""
+    size = img_size or model_entry(name).meta.get("input_size", 224)
+    return shipped.make_pretrained_cfg(EvalTransform.native(_pair(size), in_chans), name, num_classes)
+
+
+def with_cfg(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
+    """Give `model` timm's `pretrained_cfg` (and `default_cfg`, timm's alias) and `num_classes`."""
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg
+    if not hasattr(model, "num_classes"):
+        model.num_classes = cfg["num_classes"]
+    return model
 
 
 def build_arguments(name: str, num_classes: int | None, in_chans: int | None, img_size: int | None,
@@ -132,21 +167,32 @@ def build_loaded(loaded: Loaded, path: Path, name: str | None = None, num_classe
     if name is not None and name != loaded.name:
         raise UserError(f"{path} holds a {loaded.name!r} model, not {name!r}; "
                         f"use create_model({loaded.name!r}, checkpoint=...)")
-    h, w = loaded.transform.image_size
-    args = build_arguments(loaded.name, num_classes or len(loaded.classes), in_chans or loaded.transform.channels,
-                           h if h == w else [h, w], {**loaded.kwargs, **kwargs})
+    args = _file_arguments(loaded, num_classes, in_chans, kwargs)
     model = _call_builder(loaded.name, args)
     load_model_state(model, loaded.weights, path)
+    with_cfg(model, shipped.make_pretrained_cfg(loaded.transform, loaded.name, args["num_classes"],
+                                                label_names=loaded.classes, file=str(path)))
     return Built(model, loaded, {k: v for k, v in args.items() if k not in ("num_classes", "in_chans")})
 
 
+def _file_arguments(loaded: Loaded, num_classes: int | None, in_chans: int | None,
+                    kwargs: dict[str, Any]) -> dict[str, Any]:
+    h, w = loaded.transform.image_size
+    return build_arguments(loaded.name, num_classes or len(loaded.classes), in_chans or loaded.transform.channels,
+                           h if h == w else [h, w], {**loaded.kwargs, **kwargs})
+
+
 def build_pretrained(name: str, tag: str | bool, num_classes: int | None = None, in_chans: int | None = None,
+                     img_size: int | None = None, log: Callable[[str], None] | None = None,
                      **kwargs: Any) -> nn.Module:
     """The model with the shipped weights `name:tag` (True: its default), in eval mode.
 
-    The file's sha256 is checked against the manifest first. A `num_classes` or `in_chans`
-    other than the weights' is a one-line error, not a silently re-initialised head: a
-    new head is a fine-tuning decision the caller makes on the loaded model.
+    The file's sha256 is checked against the manifest first. A `num_classes` other than the
+    weights' keeps the backbone and re-initialises the head (the tensors whose shape follows
+    the class count), as `timm.create_model(..., pretrained=True, num_classes=N)` does; its
+    `pretrained_cfg` then has the new `num_classes` and no `label_names`. Another `in_chans`, or
+    (for a model built for its input size) another `img_size`, is a one-line error. One line
+    naming the weights (and the new head) goes to `log`, or to the `selfreg` logger.
     """
     model_entry(name)                                  # an unknown model name says so first
     weights = shipped.resolve(name, tag)
@@ -155,9 +201,43 @@ def build_pretrained(name: str, tag: str | bool, num_classes: int | None = None,
     if loaded.name != name:
         raise UserError(f"{path} ({weights.label}) holds a {loaded.name!r} model: the manifest is wrong; "
                         f"{shipped.REINSTALL}")
-    for arg, wanted, have in (("num_classes", num_classes, len(loaded.classes)),
-                              ("in_chans", in_chans, loaded.transform.channels)):
-        if wanted is not None and wanted != have:
-            raise UserError(f"the {weights.label} weights have {arg}={have}, not {wanted}; leave {arg} out "
-                            f"(or build {name!r} untrained with {arg}={wanted})")
-    return build_loaded(loaded, path, name, **kwargs).model.eval()
+    have = loaded.transform.channels
+    if in_chans is not None and in_chans != have:
+        raise UserError(f"the {weights.label} weights have in_chans={have}, not {in_chans}; leave in_chans out "
+                        f"(in a recipe: data.channels={have}), or build {name!r} untrained with in_chans={in_chans}")
+    h, w = loaded.transform.image_size
+    if img_size is not None and accepts(name, "img_size") and _pair(img_size) != (h, w):
+        raise UserError(f"the {weights.label} weights are for {h}x{w} images, not {img_size}; leave img_size out "
+                        f"(in a recipe: data.image_size={h})")
+    classes = len(loaded.classes)
+    if num_classes is None or num_classes == classes:
+        model, head = build_loaded(loaded, path, name, **kwargs).model, []
+    else:
+        model = _call_builder(name, _file_arguments(loaded, num_classes, None, kwargs))
+        head = load_backbone(model, loaded.weights, path, classes, num_classes)
+    with_cfg(model, shipped.make_pretrained_cfg(loaded.transform, name, num_classes or classes, tag=weights.tag,
+                                                label_names=None if head else loaded.classes, file=str(path)))
+    line = (f"model {name}: starting from the pretrained weights {weights.label} ({weights.file}, sha256 "
+            f"{weights.sha256[:12]}, {100 * weights.val_accuracy:.2f}% {weights.split} top-1 on {classes} classes)")
+    if head:
+        line += f"; new {num_classes}-class head ({', '.join(head)}), backbone loaded"
+    (log or logging.getLogger("selfreg").info)(line)
+    return model.eval()
+
+
+def load_backbone(model: nn.Module, weights: dict[str, Any], source: str | Path, had: int, wanted: int) -> list[str]:
+    """Load every tensor of `weights` but the head's into `model`, built with `wanted` classes where
+    the weights have `had`: the head is what changed shape, along its class dimension only (timm
+    finds it by name in pretrained_cfg["classifier"]; here the shapes say it for every model)."""
+    own = model.state_dict()
+    odd = sorted(set(own) ^ set(weights))
+    if odd:
+        raise UserError(f"{source} holds a different architecture: {len(odd)} tensors differ (e.g. {odd[0]})")
+    head = [k for k in own if own[k].shape != weights[k].shape]          # in the model's order
+    for k in head:
+        mine, theirs = own[k].shape, weights[k].shape
+        if (mine[0], theirs[0]) != (wanted, had) or mine[1:] != theirs[1:]:
+            raise UserError(f"{source}: {k} is {tuple(theirs)} there and {tuple(mine)} with {wanted} classes: "
+                            f"not a classifier tensor, so the head cannot be replaced")
+    model.load_state_dict({k: v for k, v in weights.items() if k not in head}, strict=False)
+    return head

@@ -3,6 +3,9 @@
     model = selfreg.create_model("rrnet20_gru", pretrained="cifar10-budget")   # the factory asks here
     weights = resolve("rrnet20_gru", "cifar10-budget")        # Weights: file, sha256, val accuracy, ...
     path = verified_path(weights)                             # sha256 checked, or a one-line UserError
+    weights.classes                                           # ["airplane", ...]: the label names, in output order
+    weights.eval_transform                                    # EvalTransform: size, mean, std, resize policy
+    weights.pretrained_cfg()                                  # timm's pretrained_cfg (== model.pretrained_cfg)
 
 The files are `.safetensors` exactly as `selfreg export --format safetensors` writes them
 (model name, builder arguments, classes and eval transform in the header), so a shipped
@@ -31,10 +34,17 @@ Why this shape:
 - The sha256 is checked every time a file is loaded (the files are a few MB): a damaged
   install is a one-line error naming the file, never a model with wrong weights.
 
+What a file holds besides its tensors is read from its header without loading them (`header`,
+`classes`, `eval_transform`); `make_pretrained_cfg` says it in timm's terms, the `pretrained_cfg`
+dict every model that `selfreg.create_model` builds carries (as timm's models do), so that
+`timm.data.resolve_data_config({}, model=model)` + `create_transform(**cfg)` feed the model
+what `selfreg eval` feeds it.
+
 The folder is `$SELFREG_PRETRAINED_DIR` when set, else the package's own: tests (and anyone
 trying a release) point it at a temporary folder instead of writing into the package.
 `make_entry(path, ...)` writes a manifest entry for a file (its model name, commit and sha256
-read from the file). This module imports neither torch nor selfreg's models, so
+read from the file). This module imports neither torch nor selfreg's models (only
+`Weights.eval_transform` and `Weights.pretrained_cfg` import the eval transform's module), so
 `selfreg models --pretrained` answers at once.
 """
 from __future__ import annotations
@@ -46,9 +56,12 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .data.eval_transform import EvalTransform
 
 FORMAT = "selfreg-pretrained/1"
 MANIFEST = "manifest.json"
@@ -58,6 +71,11 @@ REINSTALL = "reinstall selfreg (pip install --force-reinstall selfreg) or fetch 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")     # no ':' (it separates model and tag)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LISTED = 30                                            # model:tag names shown in one error line
+# The safetensors header key holding selfreg's JSON (weightfiles.WEIGHTS_KEY; that module imports torch).
+HEADER_KEY = "selfreg"
+_MAX_HEADER = 100 << 20                                 # bytes: a larger safetensors header is damage
+# timm knows selfreg's models as selfreg_<name> (selfreg.entrypoints says why).
+TIMM_PREFIX = "selfreg_"
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,33 @@ class Weights:
         d = {k: v for k, v in asdict(self).items() if k != "root"}
         d["aliases"] = list(self.aliases)
         return d
+
+    def header(self) -> dict[str, Any]:
+        """The selfreg metadata in the file's header (model name, classes, eval transform, data
+        config, provenance), read without the tensors; the sha256 is checked when the weights load."""
+        return read_header(self.path, self.label)
+
+    @property
+    def classes(self) -> list[str]:
+        """The label names, in the order of the model's outputs."""
+        return [str(c) for c in self.header()["classes"]]
+
+    @property
+    def eval_transform(self) -> EvalTransform:
+        """The eval transform the weights were measured with (`selfreg.data.eval_transform`):
+        input size and channels, mean, std, and how other sizes are resized."""
+        from .data.eval_transform import EvalTransform
+
+        return EvalTransform.from_dict(self.header()["transform"])
+
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's pretrained_cfg of these weights: what `create_model(model, pretrained=tag)` carries."""
+        from .data.eval_transform import EvalTransform
+
+        header = self.header()
+        classes = [str(c) for c in header["classes"]]
+        return make_pretrained_cfg(EvalTransform.from_dict(header["transform"]), self.model, len(classes),
+                                   label_names=classes, tag=self.tag, file=str(self.path))
 
 
 REQUIRED = ("model", "tag", "file", "sha256", "val_accuracy", "command", "commit")
@@ -245,6 +290,50 @@ def verified_path(weights: Weights) -> Path:
         raise UserError(f"{path} ({weights.label}) fails its sha256 check (damaged or changed since release); "
                         f"{REINSTALL}")
     return path
+
+
+def read_header(path: str | Path, label: str = "") -> dict[str, Any]:
+    """The selfreg JSON of a `.safetensors` file's header, read without its tensors (and without
+    torch): an 8-byte length, then the JSON header whose `__metadata__` holds ours."""
+    path = Path(path)
+    where = f"{path} ({label})" if label else str(path)
+    if not path.is_file():
+        raise UserError(f"{where} is missing; {REINSTALL}")
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= _MAX_HEADER:
+                raise ValueError(f"header length {size}")
+            meta = json.loads(json.loads(f.read(size))["__metadata__"][HEADER_KEY])
+        if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list) or \
+                not isinstance(meta.get("transform"), dict):
+            raise ValueError("no classes or transform")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{where} has no readable selfreg header ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:80] if str(exc) else ''}); {REINSTALL}") from None
+    return meta
+
+
+# ---------------------------------------------------------------------------------------
+# timm's view: pretrained_cfg
+
+def make_pretrained_cfg(transform: EvalTransform, model: str, num_classes: int,
+                        label_names: Iterable[str] | None = None, tag: str | None = None,
+                        file: str | None = None) -> dict[str, Any]:
+    """timm's `pretrained_cfg` dict (the fields of `timm.models.PretrainedCfg`) for a selfreg model.
+
+    The data fields come from the eval transform (`EvalTransform.timm_data_cfg`), so timm's
+    `resolve_data_config({}, model=m)` + `create_transform(**cfg)` give the model what `selfreg
+    eval` gives it; `label_names` are the class names in output order (absent when unknown,
+    e.g. an untrained or re-headed model); `tag` and `file` name the weights it was built from.
+    `pool_size`, `first_conv` and `classifier` are None, as timm keeps them (selfreg does not
+    adapt stems or heads through them).
+    """
+    cfg: dict[str, Any] = {"architecture": TIMM_PREFIX + model, "tag": tag, "file": file, "custom_load": False,
+                           **transform.timm_data_cfg(), "num_classes": int(num_classes),
+                           "label_names": tuple(label_names) if label_names is not None else None}
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    return {**cfg, "pool_size": None, "first_conv": None, "classifier": None}
 
 
 # ---------------------------------------------------------------------------------------

@@ -136,6 +136,7 @@ class Loaded:
     weights: dict[str, torch.Tensor]
     data: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    imports: list[str] = field(default_factory=list)   # modules that register its names (selfreg.plugins)
 
 
 def read_model_file(path: str | Path) -> Loaded:
@@ -156,7 +157,8 @@ def _from_checkpoint(path: Path) -> Loaded:
     transform = EvalTransform.from_checkpoint(state, str(path))
     kwargs = dict((config.get("model") or {}).get("kwargs") or {})
     return Loaded(state["model_name"], kwargs, list(state["classes"]), transform, state["model"],
-                  dict(config.get("data") or {}), dict(state.get("provenance") or {}))
+                  dict(config.get("data") or {}), dict(state.get("provenance") or {}),
+                  list(config.get("imports") or []))
 
 
 def read_weights(path: Path) -> Loaded:
@@ -174,7 +176,8 @@ def read_weights(path: Path) -> Loaded:
         meta = json.loads(header[WEIGHTS_KEY])
         transform = EvalTransform.from_dict(meta["transform"])
         return Loaded(meta["model_name"], dict(meta.get("model_kwargs") or {}), list(meta["classes"]), transform,
-                      weights, portable_data(dict(meta.get("data") or {})), dict(meta.get("provenance") or {}))
+                      weights, portable_data(dict(meta.get("data") or {})), dict(meta.get("provenance") or {}),
+                      list(meta.get("imports") or []))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: damaged selfreg metadata ({type(exc).__name__}: {exc})") from None
 

@@ -6,14 +6,18 @@
 Images of any mode (grey, RGBA, palette, 16-bit, CMYK) and size go through the checkpoint's
 saved eval transform. A file that cannot be read gets its reason in its row and the
 others are still predicted. Folders are searched recursively for image extensions.
+Images already in memory (the Python API, selfreg.api.predict) go the same way: PIL images,
+and tensors as torchvision reads images, (C, H, W) or (H, W), uint8 or float in [0, 1].
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
+from PIL import Image
 
 from ..data.images import BadImage, open_image
 from ..errors import UserError
@@ -31,12 +35,20 @@ class Prediction:
                 "predictions": [{"class": c, "probability": p} for c, p in self.top]}
 
 
-def list_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (recursively, sorted)."""
+def list_inputs(paths: Iterable[Any]) -> list[Any]:
+    """Files as given; folders expanded to their image files (recursively, sorted); images in
+    memory (PIL images, tensors) as they are."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    out: list[Path] = []
-    for p in map(Path, paths):
+    out: list[Any] = []
+    for item in paths:
+        if isinstance(item, (Image.Image, torch.Tensor)):
+            out.append(item)
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise UserError(f"predict takes image files, folders, PIL images or image tensors (C, H, W), "
+                            f"got a {type(item).__name__}")
+        p = Path(item)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS))
             if not found:
@@ -47,8 +59,13 @@ def list_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_input(path: Path, trained: Trained) -> torch.Tensor:
-    """The model input for one file, or BadImage with the reason."""
+def load_input(path: Any, trained: Trained) -> torch.Tensor:
+    """The model input for one file (or image in memory), or BadImage with the reason."""
+    if isinstance(path, Image.Image):
+        return trained.transform.image(path)
+    if isinstance(path, torch.Tensor):
+        x = image_tensor(path)
+        return trained.transform.pipeline(x.shape[0])(x)
     if not path.exists():
         raise BadImage("not found")
     if not path.is_file():
@@ -57,14 +74,40 @@ def load_input(path: Path, trained: Trained) -> torch.Tensor:
         return trained.transform.image(im)
 
 
+def image_tensor(x: torch.Tensor) -> torch.Tensor:
+    """An image tensor as torchvision reads images, (C, H, W) with C 1 or 3, or (H, W); uint8, or
+    float in [0, 1] -> uint8 (C, H, W), as a decoded file is. BadImage with the reason otherwise."""
+    x = x.detach().cpu()
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise BadImage(f"a tensor of shape {tuple(x.shape)}; an image is (C, H, W) with 1 or 3 channels, or (H, W)")
+    if x.is_floating_point():
+        return x.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    if x.dtype != torch.uint8:
+        raise BadImage(f"a {x.dtype} tensor; an image tensor is uint8, or float in [0, 1]")
+    return x
+
+
+def _label(item: Any, i: int) -> str:
+    """A row's name: the file, or for an image in memory its kind and place in the input."""
+    if isinstance(item, Image.Image):
+        return f"<PIL image {i}>"
+    if isinstance(item, torch.Tensor):
+        return f"<tensor {i}>"
+    return str(item)
+
+
 @torch.no_grad()
-def predict(trained: Trained, paths: Iterable[str | Path], topk: int = 5, batch_size: int = 64) -> list[Prediction]:
+def predict(trained: Trained, paths: Iterable[Any], topk: int = 5, batch_size: int = 64) -> list[Prediction]:
+    """One Prediction per image: files, folders (their image files), PIL images or image tensors."""
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
     k = min(topk, trained.num_classes)
     device = next(trained.model.parameters()).device
-    rows = [Prediction(str(p)) for p in list_inputs(paths)]
-    files = [Path(r.file) for r in rows]
+    items = list_inputs(paths)
+    rows = [Prediction(_label(item, i)) for i, item in enumerate(items)]
+    files = [item if isinstance(item, (Image.Image, torch.Tensor)) else Path(item) for item in items]
     for start in range(0, len(rows), batch_size):
         batch, which = [], []
         for i in range(start, min(start + batch_size, len(rows))):

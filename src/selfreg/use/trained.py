@@ -17,7 +17,9 @@ from torch import nn
 
 from ..data.eval_transform import EvalTransform
 from ..errors import UserError
-from ..factory import build_from_file
+from ..factory import build_loaded
+from ..plugins import load
+from ..weightfiles import read_model_file
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Trained:
     source: Path
     data: dict[str, Any] = field(default_factory=dict)   # the run's data config (may be empty)
     provenance: dict[str, Any] = field(default_factory=dict)   # where the run came from (selfreg.provenance)
+    imports: list[str] = field(default_factory=list)     # modules that register its names (selfreg.plugins)
 
     @property
     def num_classes(self) -> int:
@@ -49,12 +52,14 @@ def load_trained(path: str | Path, name: str | None = None, device: str | torch.
 
     `name` (optional) must be the model the file holds; `num_classes`, `in_chans` and
     `kwargs` (optional) override the saved ones, e.g. to check a file against a build.
+    The modules the file's run imported (its `imports:`, selfreg.plugins) are imported first.
     """
-    built = build_from_file(path, name=name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    loaded = read_model_file(path)
+    load(loaded.imports, origin=f"config key imports of the run that wrote {path}")
+    built = build_loaded(loaded, Path(path), name=name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     built.model.to(device).eval()
-    loaded = built.loaded
     return Trained(built.model, loaded.name, loaded.classes, loaded.transform, built.kwargs, Path(path), loaded.data,
-                   loaded.provenance)
+                   loaded.provenance, list(loaded.imports))
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -23,7 +23,8 @@ from .trained import Trained
 def metadata(trained: Trained) -> dict:
     return {"format": WEIGHTS_FORMAT, "model_name": trained.name, "model_kwargs": trained.kwargs,
             "num_classes": trained.num_classes, "in_chans": trained.in_chans, "classes": trained.classes,
-            "transform": trained.transform.to_dict(), "data": portable_data(trained.data), "provenance": trained.provenance}
+            "transform": trained.transform.to_dict(), "data": portable_data(trained.data), "provenance": trained.provenance,
+            **({"imports": trained.imports} if trained.imports else {})}
 
 
 def write_weights(trained: Trained, path: str | Path) -> tuple[Path, Path]:
