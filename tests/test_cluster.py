@@ -227,3 +227,18 @@ def test_launcher_errors_are_one_line(tmp_path, cli):
     # The recipe's launcher: section does not stop it from training here.
     path.write_text(text.replace("gpu: 2", "gpus: 0"))
     assert cli("sweep", path, "--list", "-o", tmp_path / "o").returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_slurm_job_with_two_tasks_trains_one_run_under_ddp(slurm, tmp_path):
+    """--tasks 2 (as --gpus 2 on a GPU node, here on CPUs with gloo): one job, two processes that
+    train one run under DistributedDataParallel; rank 0 writes, the weights agree on both ranks."""
+    path = recipe(tmp_path, "ddp", {"optim.lr": [0.1]}, data__batch_size=64)
+    out = tmp_path / "slurm"
+    done = sweep_cli(path, "--launcher", "slurm", "--tasks", 2, "--cpus", 1, "--time", 10, "--wait", "-o", out)
+    assert done.returncode == 0, done.stderr + done.stdout
+    summary = json.loads((out / "0.1" / "s0" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 1, summary
+    logs = "".join(p.read_text() for p in (out / "launcher").rglob("*_log.out"))
+    assert "weights identical across 2 ranks: yes" in logs, logs[-2000:]

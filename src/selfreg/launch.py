@@ -24,6 +24,7 @@ Resources come from the recipe's optional `launcher:` section, then the command 
       partition: gpu          # sbatch --partition
       time: 720               # minutes per job (--time); the job requeues itself before it
       gpus: 1                 # GPUs per job; more than 1 runs DistributedDataParallel over them
+      tasks: 2                # processes per job (default: one per GPU); more than 1 runs DDP
       cpus: 8                 # CPUs per task
       mem_gb: 32
       account: myproject
@@ -60,6 +61,7 @@ class Resources:
     partition: str | None = None
     time: int = 24 * 60                 # minutes
     gpus: int = 0
+    tasks: int | None = None            # processes per job (default: one per GPU, at least one)
     cpus: int | None = None
     mem_gb: float | None = None
     account: str | None = None
@@ -78,6 +80,8 @@ class Resources:
             raise UserError(f"unknown key {where}.{unknown[0]}; valid: {', '.join(sorted(known))}")
         merged = {**section, **{k: v for k, v in flags.items() if v is not None}}
         res = cls(**merged)
+        if res.tasks is not None and (not isinstance(res.tasks, int) or res.tasks < 1):
+            raise UserError(f"{where}.tasks must be a positive integer, got {res.tasks!r}")
         for name in ("time", "gpus", "max_running", "signal_delay_s"):
             value = getattr(res, name)
             if not isinstance(value, int) or value < (0 if name == "gpus" else 1):
@@ -210,7 +214,7 @@ def make_executor(kind: str, folder: Path, res: Resources, name: str, count: int
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=kind)
-    tasks = max(1, res.gpus)
+    tasks = res.tasks or max(1, res.gpus)
     executor.update_parameters(name=name, timeout_min=res.time, gpus_per_node=res.gpus or None,
                                tasks_per_node=tasks, cpus_per_task=res.cpus, mem_gb=res.mem_gb, nodes=1)
     if kind == "slurm":
