@@ -38,13 +38,16 @@ absolute times on a shared machine drift.
 (`src/selfreg/train/autotune.py`): at the start of a run each becomes a concrete value for the
 device and model, written into the run's `config.yaml`, `summary.json` (`speed`, with the
 reason for each) and `speed.json`, so a rerun from `config.yaml` and a resume use the same
-values. amp: bf16 autocast on a GPU that has bf16, fp32 on the CPU (bf16 autocast measured
-1.2x slower there). channels_last: a probe of a few interleaved steps in each layout on a
-copy of the model when the run is long enough for the probe to cost under 1% of it; else NCHW
-on the CPU, channels_last on a GPU. compile: only when the probe's step time times the run's
+values. amp: bf16 autocast on a GPU with bf16 units (compute capability 8.0 and later; a V100
+or T4 only emulates it), fp32 on the CPU (bf16 autocast measured 1.2x slower there).
+channels_last: a probe of a few interleaved steps in each layout on a copy of the model when
+the run is long enough for the probe to cost under 1% of it; else NCHW on the CPU,
+channels_last on a GPU. compile: only when the probe's step time times the run's
 steps says a 10% saving pays back a (high-end) cold compile twice over, so short runs never
 compile; then the run's first steps time eager against compiled in the real loop and keep
-compiled only when it measured faster. Explicit values are never changed.
+compiled only when it measured faster. A compiled run compiles one graph, with static shapes:
+training batches of the run's batch size; the epoch's short last batch and evaluation run eager.
+Explicit values are never changed.
 
 **Allocator.** On the CPU `selfreg train` sets glibc's malloc to keep freed memory for the next
 step (`src/selfreg/train/allocator.py`; `SELFREG_MALLOC=system` opts out), so large activations
@@ -57,8 +60,27 @@ by default `~/.cache/selfreg/inductor` (`$SELFREG_CACHE_DIR/inductor`;
 warm; the "Compile cache" section gives cold and warm compile time and the folder's size.
 Deleting the folder is safe.
 
-**GPU.** `benchmarks/gpu_check.py` runs every GPU measurement below in at most 8 minutes on one
-H100/H200 (`--dry-run` lists them, `--carry` says what the GPU machine needs).
+## GPU
+
+**Nothing on this page has been measured on a GPU yet.** Every section below was run on a CPU
+(each section's machine line names it); no session that wrote this code had a GPU. The CUDA
+path has been checked on the CPU only, for its decisions, not its speed: `tests/test_gpu_path.py`
+(amp=auto needs compute capability 8.0 for bf16, per-image augmentation on the host, seeding
+that leaves the GPU's generators alone, one compile per run, device choice under torchrun,
+rank 0 building the data first, TF32 off in export checks, evaluation reading the device once).
+Not measured, so assumed until a GPU run says otherwise: any GPU step time or speed-up (bf16,
+channels_last, torch.compile), the CUDA cost model of `train.compile=auto` (a 90 s cold compile
+saving 10% a step), the loader's data wait on a GPU, and the time to 94% of
+`configs/fast/cifar10_94.yaml` against airbench94.
+
+`benchmarks/gpu_check.py` runs all of it in at most 8 minutes on one H100/H200 (`--dry-run`
+lists each part, its budget and the CUDA tests by name; `--carry` says what the GPU machine
+needs): the CUDA tests (`tests/test_cuda.py`: 2-process DDP through the engine, exact resume,
+RegNet-20 GRU/LSTM under bf16 and fp16 in channels_last, eager and compiled, EMA, SAM, fp16
+with clipping, eval / predict / export), time to 94% against airbench94, and the step-time
+table (fp32, bf16, channels_last, compiled); then, while time is left, the precision, data-wait,
+framework-tax and compile-cache sections. Its sections name the GPU in their machine line; when
+one lands here, this paragraph is to say so (its text is `DOC_HEADER` in `benchmarks/_common.py`).
 """
 
 

@@ -13,8 +13,8 @@ from selfreg.config import load_config
 from selfreg.data import build_dataset
 from selfreg.errors import UserError
 
-PARTS = ["data", "cuda-tests", "step-time", "precision", "data-wait", "framework-tax", "compile-cache",
-         "time-to-94"]
+PARTS = ["data", "cuda-tests", "time-to-94", "step-time", "precision", "data-wait", "framework-tax", "compile-cache"]
+REQUIRED = PARTS[:4]
 
 
 def script(*args, timeout=120):
@@ -27,12 +27,48 @@ def test_dry_run_names_every_part_and_runs_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in PARTS:
         assert f"[{name}]" in proc.stdout
-    for words in ("pytest -q -m cuda", "airbench", "bf16", "1.25", "1.5x", "< 5%", "0.95x"):
+    for words in ("pytest -v -m cuda", "airbench", "bf16", "1.25", "1.5x", "< 5%", "0.95x", "--step-table",
+                  "compiled"):
         assert words in proc.stdout, words
     assert not (tmp_path / "out").exists()
-    budgets = sum(int(line.split("(")[1].split(" s")[0]) for line in proc.stdout.splitlines()
-                  if line.startswith("[") and "] (" in line)
-    assert budgets <= 480                                   # the parts fit the 8-minute deadline
+    budgets = {line[1:].split("]")[0]: (int(line.split("(")[1].split(" s")[0]), "required" in line)
+               for line in proc.stdout.splitlines() if line.startswith("[") and "] (" in line}
+    assert [name for name, (_, required) in budgets.items() if required] == REQUIRED
+    assert sum(s for s, required in budgets.values() if required) <= 480   # the required parts fit 8 minutes
+
+
+def test_dry_run_lists_every_cuda_test():
+    # What the cuda-tests part runs, by name: every test function of tests/test_cuda.py.
+    import ast
+
+    proc = script("benchmarks/gpu_check.py", "--dry-run")
+    tree = ast.parse((REPO / "tests" / "test_cuda.py").read_text())
+    names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert len(names) >= 8
+    for name in names:
+        assert name in proc.stdout, name
+    for topic in ("ddp", "resume", "regnet", "sam", "fp16", "export", "compiled", "sync_batchnorm"):
+        assert any(topic in n for n in names), topic
+    assert "x ['bf16', 'fp16'] x ['rrnet20_gru', 'rrnet20_lstm']" in proc.stdout
+
+
+def test_cuda_tests_are_marked_and_skip_here():
+    proc = script("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests/test_cuda.py", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    if not torch.cuda.is_available():
+        assert "skipped" in proc.stdout and "passed" not in proc.stdout and "deselected" not in proc.stdout
+
+
+def test_step_table_runs_on_the_cpu_and_writes_its_section(tmp_path):
+    md = tmp_path / "perf.md"
+    proc = script("benchmarks/gpu_check.py", "--step-table", "--device", "cpu", "--batch", "2", "--size", "8",
+                  "--steps", "1", "--rounds", "1", "--no-compile", "--markdown", md, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = md.read_text()
+    for row in ("resnet20", "rrnet20_gru light", "rrnet20_lstm light"):
+        assert f"| {row} " in text
+    assert "fp32 NCHW ms" in text and "bf16 channels_last compiled ms" in text
+    assert "not measured in this run: resnet20 bf16 channels_last compiled" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="without CUDA the plain command is a dry run")
@@ -106,6 +142,8 @@ def test_run_keeps_budgets_and_writes_a_summary(tmp_path, monkeypatch):
                                                 "--markdown", str(tmp_path / "perf.md"), "--data", str(tmp_path)])
     assert gpu_check.run(plan, args) == 1
     summary = __import__("json").loads((tmp_path / "o" / "summary.json").read_text())
+    assert gpu_check.summary_lines("x PASSED [ 50%]\nnoise\n- note\n3 passed, 1 skipped") == [
+        "x PASSED [ 50%]", "- note", "3 passed, 1 skipped"]
     status = {p["part"]: p["status"] for p in summary["parts"]}
     assert status["quick"] == "ok" and status["slow"].startswith("stopped at its 2 s budget")
     assert status["late"].startswith("skipped")
@@ -113,3 +151,10 @@ def test_run_keeps_budgets_and_writes_a_summary(tmp_path, monkeypatch):
     assert (tmp_path / "o" / "quick.log").read_text().strip() == "- target met"
     assert (tmp_path / "perf.md").read_text().startswith("# Performance")   # a copy of docs/performance.md
     assert summary["seconds"] < 10
+    # Extra parts run with the time left, and their failure does not fail the check.
+    extra = [gpu_check.Part("ok", "-", "-", 5, ["-c", "print('- fine')"]),
+             gpu_check.Part("broken", "-", "-", 5, ["-c", "raise SystemExit(3)"], extra=True)]
+    args = gpu_check.build_parser().parse_args(["--budget", "60", "--out", str(tmp_path / "e"),
+                                                "--markdown", str(tmp_path / "perf.md"), "--data", str(tmp_path)])
+    assert gpu_check.run(extra, args) == 0
+    assert "broken (extra) | failed (exit 3)" in (tmp_path / "e" / "summary.md").read_text()

@@ -36,7 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .images import to_uint8
-from .transforms import STATS, Fn, Pipeline, channel_stages, convert_stats, presets_fix_size
+from .transforms import STATS, Fn, Normalize, Pipeline, channel_stages, convert_stats, presets_fix_size
 
 # The `imagenet` preset's eval crop: 224 of 256 (data/transforms.py `_imagenet`).
 CROP_FRACTION = 0.875
@@ -137,7 +137,7 @@ class EvalTransform:
         else:
             size = Fn(partial(TF.resize, size=[h, w], antialias=True), f"Resize({h}x{w})")
         to_float = Fn(partial(TF.to_dtype, dtype=torch.float32, scale=True), "ToFloat")
-        normalize = Fn(partial(TF.normalize, mean=self.mean, std=self.std), "Normalize")
+        normalize = Normalize(self.mean, self.std)    # its tensors made once per device, not per batch
         return Pipeline(channel_stages(native_channels, self.channels) + [size, to_float, normalize])
 
     def image(self, pil_image) -> torch.Tensor:

@@ -11,7 +11,8 @@ yields batches already on `device` and (train) already augmented, and
 
 The fast loader keeps uint8 images on `device` (the GPU when training there) and
 runs crop / flip / normalise on whole batches: no per-image Python, no PIL, no
-worker processes. It shards exactly as DistributedSampler does.
+worker processes (per-image presets, RandomResizedCrop or RandAugment, run on the
+CPU before the batch goes to the GPU). It shards exactly as DistributedSampler does.
 """
 from __future__ import annotations
 
@@ -75,11 +76,21 @@ def shard_indices(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int, wo
 
 
 class FastLoader:
-    """Batches of a uint8 tensor dataset on `device`, transformed by `pipeline.batch`."""
+    """Batches of a uint8 tensor dataset on `device`, transformed by `pipeline.batch`.
+
+    The images live on `device`, where the batch transform runs, unless the pipeline has
+    per-image stages (`Pipeline.host_stages`: RandomResizedCrop, RandAugment): then the images
+    stay in host memory, those stages (and the ones before them) run on the CPU, and the
+    batch goes to `device` for the rest. Augmentation parameters are drawn for the whole
+    pipeline at once, so a batch's pixels do not depend on where the cut is.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, pipeline: Pipeline, batch_size: int, *,
                  shuffle: bool, seed: int, device: torch.device, rank: int = 0, world_size: int = 1):
-        self.images = images.to(device)
+        device = torch.device(device)
+        self.host_stages = pipeline.host_stages() if device.type != "cpu" else 0
+        self.head, self.tail = pipeline.split(self.host_stages)
+        self.images = images if self.host_stages else images.to(device)
         self.labels = labels.to(device)
         self.pipeline, self.batch_size, self.shuffle = pipeline, batch_size, shuffle
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
@@ -98,12 +109,19 @@ class FastLoader:
         return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self):
-        order = self.indices().to(self.device)
+        order = self.indices()
+        on_device = order.to(self.device)
         # Augmentation parameters come from their own CPU stream (same on every device),
         # separate per rank so shards are not augmented in lockstep.
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank))
-        for idx in order.split(self.batch_size):
-            yield self.pipeline.batch(self.images[idx], generator), self.labels[idx]
+        for idx, idx_dev in zip(order.split(self.batch_size), on_device.split(self.batch_size)):
+            params = self.pipeline.draw(len(idx), generator)
+            if self.host_stages:
+                head = self.head.apply(self.images[idx], params[:self.host_stages])
+                x = self.tail.apply(head.to(self.device, non_blocking=True), params[self.host_stages:])
+            else:
+                x = self.pipeline.apply(self.images[idx_dev], params)
+            yield x, self.labels[idx_dev]
 
 
 def fast_loader(dataset: Transformed, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,

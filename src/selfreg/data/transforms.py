@@ -88,10 +88,17 @@ def mix_seed(*parts: int) -> int:
 
 @contextmanager
 def seeded(seed: int):
-    """Run torchvision/timm transforms under `seed`, restoring the caller's torch and python RNGs."""
+    """Run torchvision/timm transforms under `seed`, restoring the caller's CPU torch and python RNGs.
+
+    Only the generators those transforms draw from are seeded: torch's default CPU generator
+    (torchvision's parameters are drawn on the CPU whatever the image's device) and Python's
+    `random` (timm's RandAugment). Not `torch.manual_seed`, which also reseeds every CUDA
+    generator, which `fork_rng(devices=[])` then does not restore: once per image, the training
+    loop's dropout (and anything else drawing on the GPU) was reset to a seed of the loader's.
+    """
     py_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         try:
             yield
@@ -182,9 +189,12 @@ class PerImage(Stage):
     """A random transform with no batched form (RandomResizedCrop, RandAugment).
 
     Params are one seed per image; each image runs the torchvision/timm transform under
-    its seed, so the batch and the reference agree exactly.
+    its seed, so the batch and the reference agree exactly. `host = True`: the fast loader
+    runs it (and every stage before it) on the CPU, before the batch goes to the GPU
+    (per-image work on the GPU is a few small kernels per image, and PIL is CPU-only).
     """
     random = True
+    host = True
 
     def __init__(self, transform: Callable, text: str):
         self.transform, self.text = transform, text
@@ -227,14 +237,52 @@ class Lighting(Stage):
 
 
 class TimmPIL:
-    """Run a timm PIL transform (RandAugment) on a uint8 CHW tensor."""
+    """Run a timm PIL transform (RandAugment) on a uint8 CHW tensor on the CPU.
+
+    PIL works on the CPU only; the loaders run it there (`PerImage.host`), never with an image
+    on the GPU (which would be a round trip per image), so a GPU image is refused."""
 
     def __init__(self, transform: Callable):
         self.transform = transform
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        out = self.transform(TF.to_pil_image(img.cpu()))
-        return TF.pil_to_tensor(out).to(img.device)
+        if img.device.type != "cpu":
+            raise ValueError(f"TimmPIL runs on CPU images (the loader's host side), got one on {img.device}")
+        return TF.pil_to_tensor(self.transform(TF.to_pil_image(img)))
+
+
+class Normalize(Stage):
+    """(x - mean) / std per channel, as torchvision's `normalize`, with the statistics' tensors
+    made once per device and dtype (torchvision builds them from the lists on every call: a
+    host-to-device copy per batch on the GPU)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self._tensors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._tensors:
+            self._tensors[key] = (torch.tensor(self.mean, dtype=dtype, device=device).view(-1, 1, 1),
+                                  torch.tensor(self.std, dtype=dtype, device=device).view(-1, 1, 1))
+        return self._tensors[key]
+
+    def sample(self, img):
+        return self.apply(img, None)
+
+    def apply(self, x, params):
+        if not x.is_floating_point():
+            raise TypeError(f"Normalize needs a float tensor, got {x.dtype}")
+        if not all(self.std):
+            raise ValueError("std evaluated to zero, leading to division by zero.")
+        mean, std = self.tensors(x.device, x.dtype)
+        return (x - mean).div_(std)
+
+    def __getstate__(self):   # DataLoader workers get the lists, not another device's tensors
+        return {**self.__dict__, "_tensors": {}}
+
+    def __repr__(self):
+        return f"Normalize({_fmt(self.mean)}, {_fmt(self.std)})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,6 +439,17 @@ class Pipeline:
     def batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(x, self.draw(len(x), generator))
 
+    def host_stages(self) -> int:
+        """How many leading stages run on the CPU before a batch goes to the GPU: up to the last
+        stage marked `host` (per-image transforms), 0 when there is none."""
+        marked = [i for i, stage in enumerate(self.stages) if getattr(stage, "host", False)]
+        return marked[-1] + 1 if marked else 0
+
+    def split(self, at: int) -> tuple["Pipeline", "Pipeline"]:
+        """The first `at` stages and the rest; for the same params (`draw` of the whole pipeline,
+        cut at `at`) the two in turn give what the whole gives."""
+        return Pipeline(self.stages[:at]), Pipeline(self.stages[at:])
+
     def __repr__(self) -> str:
         return " -> ".join(map(repr, self.stages))
 
@@ -426,8 +485,7 @@ def build_pipelines(presets: Sequence[str], ctx: Context, mean: Sequence[float],
     to_target = [] if fixes_size or ctx.native == ctx.target else [
         Fn(partial(TF.resize, size=[h, w], antialias=True), f"Resize({h}x{w})")]
     to_float = Fn(partial(TF.to_dtype, dtype=torch.float32, scale=True), "ToFloat")
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    normalize = Fn(partial(TF.normalize, mean=mean, std=std), f"Normalize({_fmt(mean)}, {_fmt(std)})")
+    normalize = Normalize(mean, std)
     train = convert + [s for p in parts for s in p.train] + to_target + [to_float] + [
         s for p in parts for s in p.train_float] + [normalize]
     evaluate = convert + [s for p in parts for s in p.eval] + to_target + [to_float, normalize]

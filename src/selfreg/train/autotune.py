@@ -13,8 +13,9 @@ and a resumed run keeps what it started with (from speed.json, even where a swee
 The rules, and the measurements they come from (the project's 2-core Xeon with AVX-512 bf16
 and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see docs/performance.md):
 
-- amp: on CUDA, bf16 autocast where the GPU supports it (Ampere and newer), else none
-  (fp16 needs a loss scaler and can overflow: ask for it explicitly). On the CPU, none:
+- amp: on CUDA, bf16 autocast where the GPU has bf16 units (compute capability 8.0 and later:
+  Ampere and newer; a V100 or T4 only emulates bf16, slower than fp32), else none (fp16 needs
+  a loss scaler and can overflow: ask for it explicitly). On the CPU, none:
   bf16 autocast made a resnet20 step 1.20x slower and rrnet20_gru light's 1.04-1.18x
   (only rrnet20_lstm light gained, 0.82x); CPUs with AMX were not measured, so not assumed.
 - channels_last: a probe. When the run is long enough that a few extra steps cost under 1%
@@ -42,7 +43,9 @@ and no AMX, batch 128 at 32x32, one SGD step; ratios over eager fp32 NCHW; see d
   trial in the run itself (`CompileTrial`: its first steps eager, the next compiled, each
   timed) keeps compiled only when it measured faster, so a model that compiles no faster
   (rrnet20_gru on a loaded CPU measured 1.04x) loses at most the compile, which the rule
-  bounds to a twentieth of the run.
+  bounds to a twentieth of the run. A compiled run compiles one graph, the one the rule
+  counts (`Compiled`: static shapes for the run's batch size; the epoch's short last batch and
+  evaluation run eager), and BN momentum "dynamic" changes no Python constant (train/bn.py).
 
 Under torchrun, rank 0 decides and every rank uses its choice.
 """
@@ -228,12 +231,25 @@ def decide(wanted: dict, model: nn.Module, device: torch.device, shape: tuple[in
 
 def _amp_rule(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "rule: bf16 autocast on a GPU that supports it"
-        return "none", "rule: this GPU has no bf16; fp16 needs a loss scaler, so set train.amp=fp16 to use it"
+        if cuda_has_bf16(device):
+            return "bf16", "rule: bf16 autocast on a GPU with bf16 units (compute capability 8.0 or later)"
+        major, minor = torch.cuda.get_device_capability(device)
+        return "none", (f"rule: this GPU (compute capability {major}.{minor}) has no bf16 units (only emulated bf16, "
+                        "slower than fp32); fp16 needs a loss scaler, so set train.amp=fp16 to use it")
     if device.type == "cpu":
         return "none", "rule: fp32 on the CPU (bf16 autocast measured 1.2x slower without AMX)"
     return "none", f"rule: fp32 on {device.type}"
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: Ampere (compute capability 8.0) and newer, or ROCm.
+
+    Not `torch.cuda.is_bf16_supported()`: by default it also counts emulation, which a V100 or T4
+    passes (bf16 autocast runs there, slower than fp32), and it asks about the current device, not
+    the run's."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def probe_layouts(model: nn.Module, device: torch.device, shape: tuple[int, int, int], num_classes: int,
@@ -336,12 +352,55 @@ def _agree(ctx: dist_utils.DistContext, choice: SpeedChoice | None, wanted: dict
 
 TRIAL_WARMUP = 3          # step intervals dropped at the start of each phase (the compile, warm-up)
 TRIAL_STEPS = 8           # step intervals timed per phase
-COMPILER = torch.compile  # what a trial compiles with (tests put a stand-in here)
+
+
+def compile_static(model: nn.Module):
+    """torch.compile with static shapes (`dynamic=False`), as `Compiled` uses it.
+
+    Why static: the only shapes a run's training forward sees are the batch size and, once an
+    epoch, a shorter last batch; `Compiled` sends that one batch (and evaluation) through the
+    eager model, so a run compiles one graph, the one autotune's pay-back rule counts. The
+    default (`dynamic=None`) compiled a static graph, then a dynamic-shape graph for the short
+    batch, then again for eval mode (and its batch size): 3-4 cold compiles a run, and
+    dynamic-shape kernels for every step after the first epoch's last."""
+    return torch.compile(model, dynamic=False, backend=BACKEND)
+
+
+BACKEND = "inductor"        # torch.compile's backend (tests count compiles with a counting one)
+COMPILER = compile_static   # what `Compiled` and `CompileTrial` compile with (tests put a stand-in here)
+
+
+class Compiled(nn.Module):
+    """The training model under train.compile: training batches of the run's batch size go
+    through the compiled graph; anything else (the epoch's short last batch, evaluation) runs
+    the same model eagerly, which is the same maths, without a second compile.
+
+    Evaluation eager: a forward-only pass over the validation split is a few percent of a run's
+    time, so compiling it (a second cold compile, in eval mode) would cost more than it saves.
+    """
+
+    def __init__(self, model: nn.Module, batch: int | None = None):
+        super().__init__()
+        self._orig_mod = model                          # engine.unwrap finds the plain model through it
+        self.__dict__["_compiled"] = COMPILER(model)    # not a submodule: one set of parameters
+        self.batch = batch                              # None: every training batch compiled
+
+    def forward(self, *args, **kwargs):
+        return (self._compiled if _takes_compiled(self, args) else self._orig_mod)(*args, **kwargs)
+
+
+def _takes_compiled(wrapper: nn.Module, args: tuple) -> bool:
+    """Whether a call of `Compiled` or `CompileTrial` may go through the compiled graph: training
+    mode, and a batch of the size it was compiled for."""
+    if not wrapper.training:
+        return False
+    x = args[0] if args else None
+    return wrapper.batch is None or not isinstance(x, torch.Tensor) or x.shape[0] == wrapper.batch
 
 
 def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: str | Path,
                   ctx: dist_utils.DistContext | None = None) -> nn.Module:
-    """The training model under train.compile: compiled, or (compile chosen by auto) a `CompileTrial`.
+    """The training model under train.compile: `Compiled`, or (compile chosen by auto) a `CompileTrial`.
 
     When the trial keeps eager, `cfg.train.compile` and the run's config.yaml / speed.json say
     false from then on, so a rerun or a resume trains eager too.
@@ -349,8 +408,9 @@ def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: s
     ctx = ctx or dist_utils.DistContext()
     if not choice.compile:
         return model
+    batch = max(1, cfg.data.batch_size // max(1, ctx.world_size))    # each rank's training batch
     if not choice.trial_due:
-        return torch.compile(model)
+        return Compiled(model, batch)
 
     def done(result: dict) -> None:
         choice.trial = result
@@ -362,7 +422,7 @@ def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: s
             choice.save(run_dir)
             save_config(cfg, Path(run_dir) / "config.yaml")
 
-    return CompileTrial(model, done, ctx)
+    return CompileTrial(model, done, ctx, batch)
 
 
 class CompileTrial(nn.Module):
@@ -370,28 +430,27 @@ class CompileTrial(nn.Module):
 
     A step's time is the interval between the starts of consecutive training-mode forward
     calls, so it holds everything a step costs in the real loop (data, backward, optimizer,
-    logging); intervals spanning an evaluation are dropped, and so are the first
-    `TRIAL_WARMUP` of each phase (the compiled phase's first holds the compile). After
-    `TRIAL_STEPS` timed intervals of each, compiled stays only when it is at least `MARGIN`
-    faster (rank 0's measurement under DDP); `done(result)` records the outcome. The compile
-    itself is paid either way, which the pay-back rule allowed for before choosing to compile.
+    logging); intervals spanning an evaluation or a batch of another size (the epoch's last)
+    are dropped, and so are the first `TRIAL_WARMUP` of each phase (the compiled phase's first
+    holds the compile). After `TRIAL_STEPS` timed intervals of each, compiled stays only when
+    it is at least `MARGIN` faster (rank 0's measurement under DDP); `done(result)` records the
+    outcome. The compile itself is paid either way, which the pay-back rule allowed for before
+    choosing to compile. As in `Compiled`, evaluation and batches of another size run eager.
     """
 
-    def __init__(self, model: nn.Module, done: Callable[[dict], None], ctx: dist_utils.DistContext | None = None):
+    def __init__(self, model: nn.Module, done: Callable[[dict], None], ctx: dist_utils.DistContext | None = None,
+                 batch: int | None = None):
         super().__init__()
         self._orig_mod = model                          # engine.unwrap finds the plain model through it
         self.__dict__.update(_compiled=COMPILER(model), _done=done, _ctx=ctx or dist_utils.DistContext())
+        self.batch = batch
         self.phase, self.seen, self.last = "eager", 0, None
         self.times: dict[str, list[float]] = {"eager": [], "compiled": []}
 
-    def _current(self):
-        return self._compiled if self.phase in ("compiled", "done-compiled") else self._orig_mod
-
     def forward(self, *args, **kwargs):
-        if not self.training:                           # evaluation: eager until compiled has won
+        if not _takes_compiled(self, args):            # evaluation, or the short last batch: eager
             self.last = None                            # (the next interval would include it)
-            model = self._compiled if self.phase == "done-compiled" else self._orig_mod
-            return model(*args, **kwargs)
+            return self._orig_mod(*args, **kwargs)
         now = time.perf_counter()
         if self.phase in self.times:
             if self.last is not None:
@@ -401,7 +460,8 @@ class CompileTrial(nn.Module):
             if len(self.times[self.phase]) >= TRIAL_STEPS:
                 self._next_phase()
         self.last = now
-        return self._current()(*args, **kwargs)
+        compiled = self.phase in ("compiled", "done-compiled")
+        return (self._compiled if compiled else self._orig_mod)(*args, **kwargs)
 
     def _next_phase(self) -> None:
         self.seen, self.last = 0, None
@@ -424,4 +484,4 @@ def with_choice(cfg: Config, choice: SpeedChoice) -> Config:
 
 
 __all__ = ["AUTO", "KEYS", "SpeedChoice", "resolve", "decide", "probe_layouts", "is_auto", "asked", "with_choice",
-           "compile_model", "CompileTrial"]
+           "compile_model", "compile_static", "Compiled", "CompileTrial", "cuda_has_bf16"]

@@ -1,9 +1,11 @@
 """torchrun / DistributedDataParallel, the standard way.
 
 `torchrun --nproc_per_node=K -m selfreg train RECIPE` sets RANK, WORLD_SIZE and
-LOCAL_RANK; `setup()` reads them, joins the process group (NCCL on CUDA, gloo
-on CPU) and picks this rank's device. Rank 0 alone writes files; every rank
-still takes part in every collective.
+LOCAL_RANK; `setup()` reads them, picks this rank's device (`choose_device`: cuda:LOCAL_RANK,
+made the current device; an impossible train.device is a one-line error, never a silent CPU)
+and joins the process group (NCCL on CUDA, gloo on CPU). Rank 0 alone writes files; every
+rank still takes part in every collective; `rank_zero_first` lets rank 0 download and cache
+the data before the others read it.
 
 A process joins the group once and leaves it once, at exit: every run of a
 sweep reuses the same group. Destroying the group after one run and joining
@@ -13,11 +15,15 @@ both ranks waiting in `init_process_group` forever.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -40,24 +46,93 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+# NCCL, the CUDA default, refuses two ranks on one GPU. SELFREG_DIST_BACKEND=gloo joins over gloo
+# instead (it moves CUDA tensors through the host) and lets every process of a node take the
+# GPU train.device=cuda:N names: how a one-GPU machine tests DDP on CUDA (tests/test_cuda.py).
+# Slow; not for training. SyncBatchNorm gathers CUDA tensors, which gloo may not: train.sync_bn=false.
+BACKEND_ENV = "SELFREG_DIST_BACKEND"
+
+
+def forced_backend() -> str:
+    """$SELFREG_DIST_BACKEND: "", "gloo" or "nccl"."""
+    forced = os.environ.get(BACKEND_ENV, "")
+    if forced not in ("", "gloo", "nccl"):
+        raise UserError(f"{BACKEND_ENV}={forced!r}: use gloo or nccl (or leave it unset)")
+    return forced
+
+
+def backend_for(device: torch.device) -> str:
+    """The process group's backend for `device`: NCCL on CUDA, gloo otherwise, or $SELFREG_DIST_BACKEND."""
+    forced = forced_backend()
+    if forced == "nccl" and device.type != "cuda":
+        raise UserError(f"{BACKEND_ENV}=nccl needs train.device on CUDA, not {device}")
+    return forced or ("nccl" if device.type == "cuda" else "gloo")
+
+
+def choose_device(name: str = "auto", *, torchrun: bool | None = None) -> torch.device:
+    """The device `train.device` names for this process; a one-line UserError where it cannot be had.
+
+    auto: this process's GPU when CUDA is available, else the CPU. cuda: this process's GPU,
+    which under torchrun is cuda:LOCAL_RANK and alone is the current device (cuda:0 unless set).
+    cuda:N alone: GPU N. Under torchrun with several processes per node, cuda:N would put
+    every process on GPU N: refused (each process takes the GPU of its LOCAL_RANK; pick GPUs with
+    CUDA_VISIBLE_DEVICES). A GPU asked for where there is none, or an index past the last
+    GPU, is refused too (it used to fall back to the CPU silently, or fail later in torch).
+    """
+    torchrun = launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 if torchrun is None else torchrun
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    try:
+        asked = torch.device("cuda" if name == "auto" else name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if asked.type == "cpu":
+        return torch.device("cpu")
+    if asked.type != "cuda":
+        if torchrun:
+            raise UserError(f"train.device={name}: under torchrun use auto, cpu or cuda")
+        return asked
+    if not torch.cuda.is_available():
+        raise UserError(f"train.device={name}, but torch sees no CUDA device here "
+                        f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                        "use train.device=auto or cpu")
+    count = torch.cuda.device_count()
+    if asked.index is None:
+        index = local_rank if torchrun else torch.cuda.current_device()
+        where = f"LOCAL_RANK {local_rank}" if torchrun else "the current device"
+    else:
+        index, where = asked.index, f"train.device={name}"
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+        if torchrun and per_node > 1 and forced_backend() != "gloo":
+            raise UserError(f"train.device={name} under torchrun would put all {per_node} processes of a node on "
+                            f"GPU {index}; set train.device=cuda (each process takes cuda:LOCAL_RANK) and choose "
+                            "the GPUs with CUDA_VISIBLE_DEVICES")
+    if index >= count:
+        raise UserError(f"{where} asks for GPU {index}, but {count} GPU{'s are' if count != 1 else ' is'} visible "
+                        f"(cuda:0..{count - 1}); check --nproc_per_node and CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", index)
+
+
 def setup(device_name: str = "auto") -> DistContext:
-    """Single process unless launched by torchrun; then join the process group."""
-    want_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        if device_name == "auto":
-            device = torch.device("cuda" if want_cuda else "cpu")
-        else:
-            device = torch.device(device_name)
+    """Single process unless launched by torchrun; then join the process group.
+
+    A CUDA device becomes the process's current device (`torch.cuda.set_device`), so kernels,
+    NCCL and any `cuda` without an index land on it and not on GPU 0."""
+    single = not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1
+    device = choose_device(device_name, torchrun=not single)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if single:
         return DistContext(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if want_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = backend_for(device)
+        if backend == "nccl":   # bound to this process's GPU (barriers too)
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend=backend)
         atexit.register(shutdown)
     return DistContext(rank, world, local_rank, device)
 
@@ -73,12 +148,17 @@ def all_reduce_sum(ctx: DistContext, *values: torch.Tensor) -> list[torch.Tensor
     if not ctx.enabled:
         return list(values)
     packed = torch.stack([v.detach().to(torch.float64) for v in values])
-    if ctx.device.type == "cpu":
-        dist.all_reduce(packed)
-    else:
-        packed = packed.to(ctx.device)
-        dist.all_reduce(packed)
-    return list(packed.unbind())
+    home = packed.device
+    packed = packed.to(comm_device(ctx))
+    dist.all_reduce(packed)
+    return list(packed.to(home).unbind())
+
+
+def comm_device(ctx: DistContext) -> torch.device:
+    """Where collectives' tensors go: the GPU under NCCL, the CPU under gloo (also with CUDA ranks)."""
+    if ctx.device.type == "cuda" and dist.is_initialized() and dist.get_backend() == "nccl":
+        return ctx.device
+    return torch.device("cpu")
 
 
 def broadcast_object(ctx: DistContext, obj):
@@ -95,14 +175,73 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+# How long the other ranks wait for rank 0 to build the data (a download and a decode cache of
+# a large dataset can take hours). Rank 0 dying ends the wait sooner: torchrun stops them all.
+RANK_ZERO_FIRST_TIMEOUT = datetime.timedelta(hours=24)
+_rank_zero_first_calls = 0
+
+
+@contextlib.contextmanager
+def rank_zero_first(ctx: DistContext, what: str = "the data"):
+    """Rank 0 runs the block first; the other ranks run it once rank 0 is through.
+
+        with dist_utils.rank_zero_first(self.ctx):
+            splits = build_dataset(cfg.data)       # rank 0 downloads and writes the caches, the rest read them
+
+    Without it every rank downloaded the same archives and decoded the same cache files at
+    once. The others wait on the process group's key-value store, not in a collective (NCCL's
+    and gloo's timeouts are minutes; rank 0 may need hours). When rank 0's block raises, the
+    others raise a one-line UserError instead of running theirs. A no-op in one process.
+    """
+    global _rank_zero_first_calls
+    if not ctx.enabled:
+        yield
+        return
+    _rank_zero_first_calls += 1          # every rank makes the same calls in the same order
+    key = f"selfreg/rank_zero_first/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_rank_zero_first_calls}"
+    store = _store()
+    if ctx.is_main:
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if store is not None:
+                store.set(key, "ok" if ok else "failed")
+            else:
+                _fallback_agree(ctx, ok)
+        return
+    if store is not None:
+        store.wait([key], RANK_ZERO_FIRST_TIMEOUT)
+        ok = store.get(key) == b"ok"
+    else:
+        ok = _fallback_agree(ctx, False)
+    if not ok:
+        raise UserError(f"rank 0 failed while building {what} (its error is above); rank {ctx.rank} stops too")
+    yield
+
+
+def _store():
+    """The default process group's key-value store (torchrun's rendezvous), or None where torch hides it."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private function: any trouble means "use a collective"
+        return None
+
+
+def _fallback_agree(ctx: DistContext, ok: bool) -> bool:
+    """Rank 0's `ok` on every rank, through a collective (where no store is reachable)."""
+    (total,) = all_reduce_sum(ctx, torch.tensor(float(ok and ctx.is_main)))
+    return total.item() > 0
+
+
 @torch.no_grad()
 def replicas_in_sync(ctx: DistContext, model: torch.nn.Module) -> bool:
     """True when every rank holds bit-identical parameters and buffers (checked once, at the end)."""
     flat = torch.cat([t.detach().reshape(-1).double().cpu() for t in model.state_dict().values()
                       if t.is_floating_point()])
     digest = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat))).sum()])
-    if ctx.device.type != "cpu":
-        digest = digest.to(ctx.device)
+    digest = digest.to(comm_device(ctx))
     gathered = [torch.empty_like(digest) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, digest)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])

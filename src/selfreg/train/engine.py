@@ -412,7 +412,8 @@ class Run:
         set_determinism(cfg.train.deterministic, self.ctx.device)
         device = self.ctx.device
 
-        self.splits = build_dataset(cfg.data)
+        with dist_utils.rank_zero_first(self.ctx):   # one download or cache build, then the others read it
+            self.splits = build_dataset(cfg.data)
         self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
                                      rank=self.ctx.rank, world_size=self.ctx.world_size)
         if self.splits.own_val and cfg.data.val_fraction is not None:   # said in the data's notes
@@ -434,7 +435,7 @@ class Run:
         self.cfg = cfg
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if cfg.train.sync_bn and self.ctx.enabled and device.type == "cuda":
+        if cfg.train.sync_bn and self.ctx.enabled and dist_utils.comm_device(self.ctx).type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if cfg.optim.sam and cfg.train.amp == "fp16":

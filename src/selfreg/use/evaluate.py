@@ -29,6 +29,7 @@ from ..config import DataConfig, from_dict, parse_override, set_dotted
 from ..data.datasets import DATASETS, Transformed, build_dataset, select
 from ..data.loader import LOADERS, choose_loader
 from ..errors import UserError
+from ..train.precision import make_autocast
 from .trained import Trained, run_dir_of
 
 SPLITS = ("train", "val", "test")
@@ -101,6 +102,39 @@ class EvalSplit:
     dataset: str
     split: str
     count: int
+    amp: str = "none"              # the autocast the run validated under, where known (`run_amp`)
+
+
+def run_amp(trained: Trained, device: torch.device | str) -> str:
+    """The autocast (none | bf16 | fp16) a run checkpoint's own training validated under, for
+    evaluating it on `device` as it was measured: its speed.json (what train.amp=auto chose),
+    else its config.yaml. "none" for a weights file, a run of another device type (a GPU run
+    evaluated on the CPU computes in float32), or a setting the device cannot run."""
+    import yaml
+
+    device = torch.device(device)
+    if trained.source.parent.name != "checkpoints":
+        return "none"
+    run = run_dir_of(trained.source)
+    amp, where = None, None
+    try:
+        if (run / "speed.json").is_file():
+            speed = json.loads((run / "speed.json").read_text())
+            amp, where = speed.get("amp"), speed.get("device")
+        if amp is None and (run / "config.yaml").is_file():
+            train = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("train") or {}
+            amp, where = train.get("amp"), str(train.get("device", "auto"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return "none"
+    if amp not in ("bf16", "fp16"):
+        return "none"
+    try:   # speed.json says "cuda" / "cpu"; a config.yaml's train.device=auto could have been either
+        trained_on = device.type if where in (None, "auto") else torch.device(where).type
+    except (RuntimeError, ValueError):
+        return "none"
+    if trained_on != device.type or (amp == "fp16" and device.type != "cuda"):
+        return "none"
+    return amp
 
 
 def class_map(data_classes: list[str], model_classes: list[str], dataset: str) -> torch.Tensor:
@@ -155,7 +189,7 @@ def _loader(trained: Trained, data_cfg, splits, base, split: str, label_map: tor
     make = LOADERS[choose_loader(data_cfg.loader, splits)]
     loader = make(dataset, data_cfg.eval_batch_size, shuffle=False, seed=0, device=device, rank=0,
                   world_size=1, num_workers=data_cfg.num_workers)
-    return EvalSplit(loader, label_map, data_cfg.name, split, len(dataset))
+    return EvalSplit(loader, label_map, data_cfg.name, split, len(dataset), amp=run_amp(trained, device))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -184,11 +218,14 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: str = "none", k: int = 5,
-                   channels_last: bool = False) -> EvalResult:
+                   channels_last: bool = False, amp: str | None = None) -> EvalResult:
     """Top-1 and top-k accuracy (top-k only for more than k classes, where it is not 100% by
     construction), loss and confusion matrix. `channels_last` evaluates in NHWC, as a run that
     trained in it measured its accuracy (the two layouts round differently, so a near-tie image
-    can flip between them)."""
+    can flip between them). `amp` (none | bf16 | fp16): the autocast to run the model under;
+    default the one the run validated under (`data.amp`, from its folder where known).
+
+    Counts stay on the model's device until the end: one read, not three per batch."""
     if tta not in TTA:
         raise UserError(f"unknown --tta {tta!r}; valid: {', '.join(TTA)}")
     if k < 1:
@@ -198,23 +235,32 @@ def evaluate_split(model: nn.Module, data: EvalSplit, classes: list[str], tta: s
         model.to(memory_format=torch.channels_last)
     n = len(classes)
     with_topk = k < n
-    confusion = torch.zeros(n, n, dtype=torch.long)
-    loss_sum, top1, topk, seen = 0.0, 0, 0, 0
+    autocast = None
+    confusion = loss_sum = top1 = topk = seen = label_map = None
     for images, labels in data.loader:
-        labels = data.label_map.to(labels.device)[labels]
+        if confusion is None:        # on the loader's device, made once
+            dev = labels.device
+            autocast = make_autocast(data.amp if amp is None else amp, images.device)
+            label_map = data.label_map.to(dev)
+            confusion = torch.zeros(n * n, dtype=torch.long, device=dev)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            top1, topk, seen = (torch.zeros((), dtype=torch.long, device=dev) for _ in range(3))
+        labels = label_map[labels]
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logp = TTA[tta](model, images)                                   # (B, classes)
-        loss_sum += F.nll_loss(logp, labels, reduction="sum").item()
+        with autocast():
+            logp = TTA[tta](model, images)                               # (B, classes), float32
+        loss_sum += F.nll_loss(logp, labels, reduction="sum").double()
         best = logp.topk(min(k, n), dim=1).indices                       # (B, k)
-        top1 += (best[:, 0] == labels).sum().item()
-        topk += (best == labels[:, None]).any(1).sum().item()
+        top1 += (best[:, 0] == labels).sum()
+        topk += (best == labels[:, None]).any(1).sum()
         seen += labels.numel()
-        confusion += torch.bincount((labels * n + best[:, 0]).cpu(), minlength=n * n).view(n, n)
-    if seen == 0:
+        confusion += torch.bincount(labels * n + best[:, 0], minlength=n * n)
+    count = int(seen.item()) if seen is not None else 0                  # the one host read
+    if count == 0:
         raise UserError(f"the {data.split} split of {data.dataset} holds no images")
-    return EvalResult(list(classes), confusion.numpy(), loss_sum / seen, top1 / seen,
-                      topk / seen if with_topk else None, k, seen, tta)
+    return EvalResult(list(classes), confusion.view(n, n).cpu().numpy(), loss_sum.item() / count,
+                      top1.item() / count, topk.item() / count if with_topk else None, k, count, tta)
 
 
 # ---------------------------------------------------------------------------- output

@@ -32,7 +32,9 @@ CHECK_BATCHES = (1, 3)
 # Exported graphs reorder float operations, so outputs differ by float32 rounding, which grows
 # with the logits' size (untrained deep nets reach 1e6). A check passes when the difference is
 # below TOLERANCE x max(1, largest |logit|): far above what a correct export shows (~1e-7
-# relative) and far below what a wrong one does.
+# relative) and far below what a wrong one does. Both sides compute in full float32: on a GPU
+# the check turns TF32 off (cuDNN convolutions default to TF32, whose 10-bit mantissa differs
+# from float32 by ~1e-3 relative; onnxruntime computes on the CPU in float32).
 TOLERANCE = 1e-4
 # ONNX protobufs stop at 2 GB; bigger models keep their weights in a side file.
 ONNX_INLINE_BYTES = 1_800_000_000
@@ -62,7 +64,7 @@ def compare(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, train
     """Max |run(x) - model(x)| over random inputs at each of CHECK_BATCHES, into `result`;
     a UserError when it exceeds the tolerance."""
     worst, scale = 0.0, 0.0
-    with torch.no_grad():
+    with torch.no_grad(), full_float32():
         for i, batch in enumerate(CHECK_BATCHES):
             x = example_input(trained, batch, seed=100 + i)
             ref = model(x).float().cpu()
@@ -76,6 +78,29 @@ def compare(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, train
     if not worst <= TOLERANCE * max(1.0, scale):     # also catches NaN
         raise UserError(f"the {result.format} export of {trained.name} disagrees with PyTorch: max abs difference "
                         f"{worst:.3g} on logits up to {scale:.3g} (tolerance {TOLERANCE:g} x max(1, logits))")
+
+
+@contextlib.contextmanager
+def full_float32():
+    """TF32 off for CUDA convolutions and matmuls while the block runs; the settings restored after.
+
+    torch >= 2.9 has `fp32_precision` ("ieee" is full float32) beside the older `allow_tf32`
+    flags, and refuses reads of one after writes of the other: the newer one where it exists."""
+    conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision") and hasattr(getattr(conv, "conv", None), "fp32_precision"):
+        saved = conv.conv.fp32_precision, matmul.fp32_precision
+        conv.conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            conv.conv.fp32_precision, matmul.fp32_precision = saved
+        return
+    saved = conv.allow_tf32, matmul.allow_tf32
+    conv.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        conv.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _first_line(exc: BaseException) -> str:
