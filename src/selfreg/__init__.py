@@ -4,19 +4,49 @@ import sys
 from . import import_hooks as _import_hooks
 from .version import __version__
 
-__all__ = ["create_model", "list_models", "register_model", "__version__"]
+# name -> (module, attribute), imported when first used: the model API loads torch, timm and
+# every model family, so that `import selfreg`, `selfreg --version`, `--help` and a config
+# error answer without that cost.
+_LAZY = {
+    # models (selfreg.factory)
+    "create_model": ("factory", "create_model"),
+    "list_models": ("factory", "list_models"),
+    # train, evaluate and predict as the command line does (selfreg.api, docs/api.md)
+    "load_config": ("api", "load_config"),
+    "fit": ("api", "fit"),
+    "evaluate": ("api", "evaluate"),
+    "predict": ("api", "predict"),
+    "load_trained": ("api", "load_trained"),
+    "RunResult": ("api", "RunResult"),
+    "UserError": ("errors", "UserError"),
+    # your own names, registered by a module a recipe's `imports:` names (selfreg.plugins)
+    "register_model": ("registry", "register_model"),
+    "register_dataset": ("data.datasets", "DATASETS.register"),
+    "register_augmentation": ("data.transforms", "AUGMENTATIONS.register"),
+    "register_optimizer": ("train.optim", "OPTIMIZERS.register"),
+    "register_schedule": ("train.optim", "SCHEDULES.register"),
+    "register_logger": ("train.loggers", "register_logger"),
+}
+
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):
-    # The model API loads torch, timm and every model family: only when it is first used,
-    # so that `selfreg --version`, `--help` and a config error answer without that cost.
-    if name in ("create_model", "list_models"):
-        from . import factory
-        return getattr(factory, name)
-    if name == "register_model":
-        from .registry import register_model
-        return register_model
-    raise AttributeError(f"module 'selfreg' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'selfreg' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    if name in ("create_model", "list_models"):     # installed plugins' models too (once a process)
+        from .plugins import load_installed
+        load_installed()
+    __import__(f"{__name__}.{module}")           # the builtin: importing importlib would slow `import selfreg`
+    value = sys.modules[f"{__name__}.{module}"]
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 # selfreg's models in timm's registry (`timm.create_model("selfreg_rrnet20_gru")`), without

@@ -22,11 +22,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         # `selfreg train --resume RUN [overrides]`; a recipe argument is read as an override.
         # The run writes its config.yaml only once the checkpoint has been restored.
         overrides = ([args.config] if args.config else []) + args.overrides
-        cfg = resume_config(args.resume, overrides)
+        cfg = resume_config(args.resume, overrides, imports=args.imports)
     else:
         if not args.config:
             raise UserError("pass a YAML recipe (selfreg train configs/demo.yaml) or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, imports=args.imports)
     if args.launcher:
         return launch_one(args, cfg)
     from .train.engine import Interrupted, fit, fit_seeds   # after the config: its errors come at once
@@ -78,6 +78,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     at_least("--num-classes", args.num_classes, 1)
     if args.pretrained:
         return list_pretrained(args.pattern)
+    from .plugins import load_installed
+
+    load_installed()                  # installed plugins' models too (--import: see main)
     from .complexity import human
     from .analysis.model_table import markdown, measure
     from .factory import list_models, model_entry
@@ -132,7 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("pass a sweep recipe (selfreg sweep configs/regnet/table3.yaml) or --status SWEEP_DIR")
     only = [p for p in args.only.split(",") if p] if args.only else None
     plan = expand(args.recipe, seeds=parse_seeds(args.seeds) if args.seeds else None, smoke=args.smoke,
-                  only=only, overrides=args.overrides, out=args.out)
+                  only=only, overrides=args.overrides, out=args.out, imports=args.imports)
     if args.list:
         for job in plan.jobs:
             print(f"{job.label:<40} s{job.seed:<4} {job.dir}")
@@ -155,7 +158,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def launcher_flags(args: argparse.Namespace) -> dict:
     """The resource flags given on the command line (None: not given, the recipe's or the default)."""
-    return {"partition": args.partition, "time": args.time, "gpus": args.gpus, "cpus": args.cpus,
+    return {"partition": args.partition, "time": args.time, "gpus": args.gpus, "tasks": args.tasks, "cpus": args.cpus,
             "mem_gb": args.mem_gb, "account": args.account, "qos": args.qos, "constraint": args.constraint,
             "max_running": args.max_running}
 
@@ -169,6 +172,8 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--partition")
     group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per job (default 1440)")
     group.add_argument("--gpus", type=int, metavar="N", help="GPUs per job; N > 1 runs DDP over them")
+    group.add_argument("--tasks", type=int, metavar="N",
+                       help="processes per job (default: one per GPU); N > 1 runs DDP over them")
     group.add_argument("--cpus", type=int, metavar="N", help="CPUs per task")
     group.add_argument("--mem-gb", type=float, metavar="GB")
     group.add_argument("--account")
@@ -311,6 +316,13 @@ EPILOG = """examples:
   selfreg COMMAND --help                          the options of one command"""
 
 
+def add_import_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: your module that registers models, datasets, augmentations, "
+                             "optimizers or schedules (repeatable; train and sweep record it in the run's "
+                             "imports:, see docs/api.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
@@ -326,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", metavar="S1,S2,...",
                        help="one run per seed and a summary.json of mean and std (e.g. 0,1,2)")
     add_launcher_args(train)
+    add_import_arg(train)
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list registered models with parameter and MAC counts")
@@ -338,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--pretrained", action="store_true",
                         help="list the weights that ship with selfreg: model, tag, val accuracy, sha256, file "
                              "(load one with create_model(NAME, pretrained=TAG))")
+    add_import_arg(models)
     models.set_defaults(func=cmd_models)
 
     sweep = sub.add_parser("sweep", help="run a recipe's grid of configurations x seeds into one folder")
@@ -354,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--status", metavar="SWEEP_DIR",
                        help="one line per run: finished, failed (with its error), queued, running, requeued, lost")
     add_launcher_args(sweep)
+    add_import_arg(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="markdown + HTML report with figures over a sweep or folder of runs")
@@ -378,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "layouts round differently: a near-tie image can flip)")
     evaluate.add_argument("-o", "--out", metavar="DIR", help="output folder (default RUN/eval/<split>)")
     evaluate.add_argument("--device", default="auto")
+    add_import_arg(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     pred = sub.add_parser("predict", help="class probabilities for images, with the checkpoint's own transform")
@@ -386,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--topk", type=int, default=5)
     pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pred.add_argument("--device", default="auto")
+    add_import_arg(pred)
     pred.set_defaults(func=cmd_predict)
 
     exp = sub.add_parser("export", help="ONNX / TorchScript / safetensors, checked against PyTorch")
@@ -398,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     exp.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     exp.add_argument("--device", default="cpu")
+    add_import_arg(exp)
     exp.set_defaults(func=cmd_export)
 
     feat = sub.add_parser("features",
@@ -408,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--channels", type=int, default=3, help="most active channels shown per map, besides the mean")
     feat.add_argument("-o", "--out", metavar="PNG", help="output file (default RUN/features/<image>.png)")
     feat.add_argument("--device", default="auto")
+    add_import_arg(feat)
     feat.set_defaults(func=cmd_features)
 
     probe = sub.add_parser("probe", help="linear probes on pooled outputs of the last blocks (the paper's Fig. 1b)")
@@ -421,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a fixed random sample of at most this many images per split (0: all)")
     probe.add_argument("-o", "--out", metavar="JSON", help="also write the numbers as JSON")
     probe.add_argument("--device", default="auto")
+    add_import_arg(probe)
     probe.set_defaults(func=cmd_probe)
     return parser
 
@@ -437,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         setattr(args, target, list(getattr(args, target)) + extra)
     try:
+        if getattr(args, "imports", None):   # the commands that build models or data (selfreg.plugins)
+            from .plugins import load
+
+            load(args.imports, origin="--import")
         return args.func(args)
     except UserError as exc:
         print(f"selfreg: error: {exc}", file=sys.stderr)

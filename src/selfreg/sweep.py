@@ -47,7 +47,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Config, flatten, from_dict, parse_override, read_yaml, refused_change, save_config, set_dotted
+from .config import (Config, flatten, from_dict, parse_override, read_yaml, refused_change, save_config, set_dotted,
+                     use_imports)
 from .errors import UserError
 from .train.checks import check_config
 from .train import distributed as dist_utils
@@ -95,8 +96,9 @@ class Plan:
 
 def expand(recipe: str | Path, seeds: list[int] | None = None, smoke: bool = False,
            only: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
-           out: str | Path | None = None) -> Plan:
-    """The runs of `recipe`: grid x seeds, each with its validated Config."""
+           out: str | Path | None = None, imports: list[str] | tuple[str, ...] = ()) -> Plan:
+    """The runs of `recipe`: grid x seeds, each with its validated Config. `imports` (--import):
+    modules added to every run's `imports:` (selfreg.plugins)."""
     recipe = Path(recipe)
     raw = read_yaml(recipe)
     spec = raw.pop("sweep", None) or {}
@@ -126,7 +128,7 @@ def expand(recipe: str | Path, seeds: list[int] | None = None, smoke: bool = Fal
     for label, grid_overrides in points:
         for seed in seeds:
             merged = {**grid_overrides, **smoke_overrides, **cli}
-            jobs.append(make_job(raw, label, seed, merged, root))
+            jobs.append(make_job(raw, label, seed, merged, root, imports))
     paper = spec.get("paper") or {}
     return Plan(name, root, recipe, [label for label, _ in points], jobs, paper, smoke, launcher)
 
@@ -180,7 +182,8 @@ def _mapping(value: Any, recipe: Path, where: str) -> dict:
     return dict(value)
 
 
-def make_job(raw: dict, label: str, seed: int, overrides: dict, root: Path) -> Job:
+def make_job(raw: dict, label: str, seed: int, overrides: dict, root: Path,
+             imports: list[str] | tuple[str, ...] = ()) -> Job:
     tree = copy.deepcopy(raw)
     for key, value in overrides.items():
         set_dotted(tree, key, value)
@@ -188,7 +191,7 @@ def make_job(raw: dict, label: str, seed: int, overrides: dict, root: Path) -> J
     set_dotted(tree, "train.out_dir", str(root))
     set_dotted(tree, "train.run_name", f"{label}/s{seed}")
     try:
-        config = from_dict(Config, tree)
+        config = use_imports(from_dict(Config, tree), imports)   # what registers the names, first
         check_config(config)       # every grid point's names and ranges, before any run starts
     except UserError as exc:
         raise UserError(f"sweep run {label} s{seed}: {exc}") from None

@@ -37,11 +37,14 @@ class Prediction:
 
 def list_inputs(paths: Iterable[Any]) -> list[Any]:
     """Files as given; folders expanded to their image files (recursively, sorted); images in
-    memory (PIL images, tensors) as they are."""
+    memory as they are (PIL images, tensors), a (N, C, H, W) tensor as its N images."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     out: list[Any] = []
     for item in paths:
+        if isinstance(item, torch.Tensor) and item.ndim == 4:
+            out += list(item.unbind(0))
+            continue
         if isinstance(item, (Image.Image, torch.Tensor)):
             out.append(item)
             continue
