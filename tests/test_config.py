@@ -58,3 +58,16 @@ def test_missing_and_malformed_files(tmp_path):
 def test_override_without_equals():
     with pytest.raises(UserError, match="section.key=value"):
         load_config(None, ["optim.lr"])
+
+
+def test_a_run_saved_before_a_key_existed_continues_with_its_default():
+    """A config.yaml written by an older selfreg lacks the keys added since: its run had their
+    defaults, so a sweep or train.resume=auto continues it; another value is still refused."""
+    from selfreg.config import Config, refused_change
+
+    saved = Config().to_dict()
+    del saved["train"]["deterministic"]
+    assert refused_change(saved, Config().to_dict()) is None
+    other = Config().to_dict()
+    other["train"]["deterministic"] = False
+    assert refused_change(saved, other) == "train.deterministic"

@@ -533,8 +533,13 @@ DATA_DECIDED = frozenset({"data.val_fraction"})
 
 def refused_change(saved: dict, wanted: dict) -> str | None:
     """The first key (dotted) whose value would make `wanted` another experiment than the run
-    whose config.yaml is `saved` (both plain dicts), or None when `wanted` continues it."""
-    saved, wanted = flatten(saved), flatten(wanted)
+    whose config.yaml is `saved` (both plain dicts), or None when `wanted` continues it.
+
+    A key the saved config lacks was written by an older selfreg, before the key existed: that
+    run had the key's default (a new option changes nothing until it is set)."""
+    defaults = flatten(Config().to_dict())
+    saved = {**{k: v for k, v in defaults.items() if k not in RESUMABLE_KEYS}, **flatten(saved)}
+    wanted = flatten(wanted)
     for key in sorted(set(saved) | set(wanted)):
         if key in RESUMABLE_KEYS or saved.get(key) == wanted.get(key):
             continue
