@@ -129,12 +129,26 @@ def setup(device_name: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if not dist.is_initialized():
         backend = backend_for(device)
+        store = round_store(rank, world)
         if backend == "nccl":   # bound to this process's GPU (barriers too)
-            dist.init_process_group(backend="nccl", device_id=device)
+            dist.init_process_group(backend="nccl", device_id=device, store=store, rank=rank, world_size=world)
         else:
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
         atexit.register(shutdown)
     return DistContext(rank, world, local_rank, device)
+
+
+def round_store(rank: int, world: int) -> dist.Store:
+    """The env:// store (MASTER_ADDR/MASTER_PORT), with the keys of each torchrun restart round
+    under a prefix of their own. torchrun's agent keeps one store across restarts, and the
+    process group writes the same keys every round: a restarted round could read the addresses
+    of the round before it, whose processes are dead, and its gloo connect was refused or hung
+    (pytorch/pytorch#167288)."""
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", rank, world))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"selfreg/round_{restart}/", store)
 
 
 def shutdown() -> None:
