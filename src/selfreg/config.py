@@ -581,10 +581,11 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run wrote")
     saved = load_config(run_dir / "config.yaml")
     cfg = load_config(run_dir / "config.yaml", overrides, imports=imports)
-    refused = [k for k in changed_keys(saved, cfg) if k not in RESUMABLE_KEYS]
+    refused = refused_change(saved.to_dict(), cfg.to_dict())   # the rule of train.resume=auto and of sweeps
     if refused:
-        raise UserError(f"--resume cannot change {refused[0]} (the run was trained with another value); "
-                        f"a resume may change only {', '.join(sorted(RESUMABLE_KEYS))}; start a new run instead")
+        raise UserError(f"--resume cannot change {refused} (the run was trained with another value); "
+                        f"a resume may change only {', '.join(sorted(RESUMABLE_KEYS))} (and set the speed keys "
+                        "back to auto); start a new run instead")
     return cfg
 
 

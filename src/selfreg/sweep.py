@@ -47,8 +47,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import (Config, flatten, from_dict, parse_override, read_yaml, refused_change, save_config, set_dotted,
-                     use_imports)
+from .config import (Config, changed_keys, flatten, from_dict, load_config, parse_override, read_yaml, refused_change,
+                     save_config, set_dotted, use_imports)
 from .errors import UserError
 from .train.checks import check_config
 from .train import distributed as dist_utils
@@ -225,16 +225,30 @@ def check_same_config(job: Job) -> None:
 
 
 def prepare(job: Job) -> str:
-    """Write the job's config file and make its folder ready; return its state."""
+    """Write the job's config file and make its folder ready; return its state.
+
+    A run folder's config.yaml is the run's to write: a resumed run records the job's config
+    (more epochs than before are allowed) once its checkpoint is restored."""
     job.config_path.parent.mkdir(parents=True, exist_ok=True)
     save_config(job.config, job.config_path)
     state = job_state(job)
     if state == "new" and job.dir.exists():
         shutil.rmtree(job.dir)          # started but no checkpoint yet: nothing to keep
-    if state == "resume":                # more epochs than before are allowed: the folder records them
-        save_config(job.config, job.dir / "config.yaml")
     (job.dir / "failed.txt").unlink(missing_ok=True)
     return state
+
+
+def resume_overrides(job: Job) -> list[str]:
+    """`selfreg train --resume` overrides that make the run folder's config.yaml the job's config: the
+    keys a resume may change (more epochs, ...) and the speed keys the recipe leaves `auto`."""
+    saved, wanted = load_config(job.dir / "config.yaml"), job.config
+    ours = flatten(wanted.to_dict())
+    return [f"{key}={_override_value(ours.get(key))}" for key in changed_keys(saved, wanted)]
+
+
+def _override_value(value: Any) -> str:
+    """`value` as override text that parse_override reads back as `value`."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,7 +376,8 @@ def run_subprocesses(todo: list[tuple[Job, str]], parallel: int, log: Callable[[
 
 
 def start_process(job: Job, state: str, env: dict) -> subprocess.Popen:
-    args = ["train", "--resume", str(job.dir)] if state == "resume" else ["train", str(job.config_path)]
+    args = (["train", "--resume", str(job.dir), *resume_overrides(job)] if state == "resume"
+            else ["train", str(job.config_path)])
     log_path = job.config_path.parent.parent / "logs" / f"{job.label}-s{job.seed}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("a")

@@ -6,6 +6,11 @@ Reading and writing them sits below the model factory, so that
 
     state = load_checkpoint("runs/x/checkpoints/last.pt")      # weights_only=True, one-line errors
     loaded = read_model_file("resnet20.safetensors")          # Loaded: name, kwargs, classes, transform, weights
+    write_weights(loaded, "copy.safetensors")                 # + copy.json, the same metadata, readable
+
+Each format's writer sits beside its reader here: `checkpoint_state` builds the dict a run
+checkpoint holds (the engine saves it with `save_checkpoint`) and `_from_checkpoint` reads
+it; `weights_metadata` / `write_weights` write the safetensors header that `read_weights` reads.
 
 A checkpoint is written atomically (temp file, fsync, rename) and loaded with
 `torch.load(weights_only=True)`; a safetensors file holds tensors and a JSON header
@@ -24,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data.eval_transform import EvalTransform
@@ -47,6 +52,24 @@ def portable_data(data: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------
 # Run checkpoints
+
+def checkpoint_state(*, model: dict, optimizer: dict, scheduler: dict, scaler: dict | None, ema: dict | None,
+                     epoch: int, step: int, progress: dict | None, best_acc: float, best_epoch: int,
+                     rng: dict, config: dict, metrics_row: dict | None, classes: list[str], version: str,
+                     provenance: dict, transform: dict) -> dict[str, Any]:
+    """What a run checkpoint holds (`save_checkpoint` adds its format_version): the run's state for an
+    exact resume, and what `_from_checkpoint` needs to build the model on its own (model name from
+    `config`, classes, the eval `transform`, provenance)."""
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema,
+            "epoch": epoch, "step": step, "progress": progress,
+            "best_acc": best_acc, "best_epoch": best_epoch,
+            "rng": rng, "config": config, "model_name": config["model"]["name"],
+            "metrics_row": metrics_row,
+            "classes": list(classes), "selfreg_version": version,
+            "provenance": provenance,
+            # What `selfreg predict` needs to turn any image into a model input.
+            "transform": transform}
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`.
@@ -161,8 +184,36 @@ def _from_checkpoint(path: Path) -> Loaded:
                   list(config.get("imports") or []))
 
 
+# ---------------------------------------------------------------------------------------
+# Shared weights: a `.safetensors` file whose header says how to build and feed the model.
+# The header's metadata holds one key, "selfreg", a JSON object: format, model name, builder
+# arguments, num_classes, in_chans, classes, eval transform, the run's data config and its
+# provenance (commit, dirty, data fingerprint, versions: selfreg.provenance). The JSON sidecar
+# is a copy for people and tools; loading reads the header only. safetensors holds tensors and
+# strings, nothing executable.
+
+def weights_metadata(model: Loaded) -> dict[str, Any]:
+    """The header's JSON object for `model` (its weights aside)."""
+    return {"format": WEIGHTS_FORMAT, "model_name": model.name, "model_kwargs": model.kwargs,
+            "num_classes": len(model.classes), "in_chans": model.transform.channels, "classes": model.classes,
+            "transform": model.transform.to_dict(), "data": portable_data(model.data), "provenance": model.provenance,
+            **({"imports": model.imports} if model.imports else {})}
+
+
+def write_weights(model: Loaded, path: str | Path) -> tuple[Path, Path]:
+    """The weights (contiguous CPU copies: safetensors stores no shared or strided tensors) + sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = weights_metadata(model)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.weights.items()}
+    save_file(tensors, str(path), metadata={WEIGHTS_KEY: json.dumps(meta)})
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    return path, sidecar
+
+
 def read_weights(path: Path) -> Loaded:
-    """A `.safetensors` file written by `selfreg export` (use/weights.py writes it)."""
+    """A `.safetensors` file written by `write_weights` (`selfreg export --format safetensors`)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

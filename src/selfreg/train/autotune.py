@@ -3,6 +3,9 @@
     cfg, choice = resolve(cfg, model, splits, train_loader, ctx)   # in engine.Run, before any wrapping
     choice.save(run_dir)                                            # speed.json beside config.yaml
 
+Nothing here writes config.yaml: `resolve` returns the decided config, and the trial that
+decides compile=auto mid-run hands its outcome to the run (compile_model's `record`), which writes it.
+
 `resolve` turns every `auto` into a concrete value for this device and model, before the
 model is converted, wrapped in DDP or compiled, and returns a copy of the config holding
 those values: the run's config.yaml and summary.json record them (summary.json and
@@ -63,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, save_config
+from ..config import Config
 from . import compile_cache
 from . import distributed as dist_utils
 from .precision import make_autocast
@@ -106,16 +109,9 @@ class SpeedChoice:
         out.pop("trial_due")
         return out
 
-    def save(self, run_dir: str | Path, cfg: Config | None = None) -> None:
-        """speed.json in the run folder; on a resume whose config.yaml still says auto, the kept values there too."""
-        run_dir = Path(run_dir)
-        (run_dir / RECORD).write_text(json.dumps(self.summary(), indent=2))
-        if cfg is not None and (run_dir / "config.yaml").is_file():
-            import yaml
-
-            saved = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {})
-            if any(saved.get(k) == AUTO for k in KEYS):
-                save_config(cfg, run_dir / "config.yaml")
+    def save(self, run_dir: str | Path) -> None:
+        """speed.json in the run folder."""
+        (Path(run_dir) / RECORD).write_text(json.dumps(self.summary(), indent=2))
 
 
 def asked(cfg: Config) -> dict:
@@ -398,12 +394,14 @@ def _takes_compiled(wrapper: nn.Module, args: tuple) -> bool:
     return wrapper.batch is None or not isinstance(x, torch.Tensor) or x.shape[0] == wrapper.batch
 
 
-def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: str | Path,
+def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config,
+                  record: Callable[[SpeedChoice], None] = lambda choice: None,
                   ctx: dist_utils.DistContext | None = None) -> nn.Module:
     """The training model under train.compile: `Compiled`, or (compile chosen by auto) a `CompileTrial`.
 
-    When the trial keeps eager, `cfg.train.compile` and the run's config.yaml / speed.json say
-    false from then on, so a rerun or a resume trains eager too.
+    When the trial has decided, `choice` holds its outcome (compile false when it kept eager) and
+    `record(choice)` is called on every rank: the run sets its config's train.compile and writes
+    config.yaml / speed.json, so a rerun or a resume trains as the trial decided.
     """
     ctx = ctx or dist_utils.DistContext()
     if not choice.compile:
@@ -417,10 +415,8 @@ def compile_model(model: nn.Module, choice: SpeedChoice, cfg: Config, run_dir: s
         choice.how["compile"] += (f"; measured in the run: compiled {result['compiled_ms']:.1f} ms vs eager "
                                   f"{result['eager_ms']:.1f} ms per step, {result['kept']} kept")
         if result["kept"] == "eager":
-            choice.compile = cfg.train.compile = False
-        if ctx.is_main:
-            choice.save(run_dir)
-            save_config(cfg, Path(run_dir) / "config.yaml")
+            choice.compile = False
+        record(choice)
 
     return CompileTrial(model, done, ctx, batch)
 

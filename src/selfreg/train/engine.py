@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..factory import create_model, sized_kwargs
 from ..stats import mean_std
 from ..version import __version__
+from ..weightfiles import checkpoint_state
 from . import autotune
 from .allocator import keep_freed_memory
 from .precision import make_autocast  # noqa: F401  (also the engine's API, e.g. benchmarks/framework_tax.py)
@@ -394,30 +395,54 @@ class Run:
     def __init__(self, cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = print):
         # Check first, write last: every name, the output folder and the checkpoint to resume
         # from are checked before data or models are built, and nothing is written until then.
+        # Each step below is a method of that name, run in this order.
         check_config(cfg)
         self.cfg = cfg
         self.ctx = dist_utils.setup(cfg.train.device)
         self.log = log if self.ctx.is_main else (lambda s: None)
-        saved = None
+        saved = self._check_places(resume)
+        self._set_process_options()
+        self._build_data()
+        self._build_model()              # seeded right before it: see there
+        self._resolve_speed(resume)      # every `auto` -> a value (compile=auto's trial may revise it mid-run)
+        self._build_optimizer()
+        self._build_step_options()
+        self._restore_or_start(saved)
+        self._write_run_files(resume)    # the first writes: run dir, config.yaml, provenance, speed.json
+        self._wrap_model()
+        self._start_loggers(resume)      # last: a logger that cannot start stops the run before its first step
+
+    # ------------------------------------------------------------------ building a run, step by step
+    def _check_places(self, resume: str | Path | None) -> dict | None:
+        """The folders the run will write to, and the checkpoint it resumes from (None: none)."""
         if resume is not None:
             self.run_dir = Path(resume)
             check_writable(self.run_dir)
-            saved = self._checkpoint_to_resume(device=self.ctx.device)
-        elif self.ctx.is_main:
-            check_writable(Path(cfg.train.out_dir))
+            return self._checkpoint_to_resume(device=self.ctx.device)
+        if self.ctx.is_main:
+            check_writable(Path(self.cfg.train.out_dir))
+        return None
+
+    def _set_process_options(self) -> None:
+        """Threads, the allocator and how deterministic the kernels are: process-wide, before anything runs."""
+        cfg = self.cfg
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if self.ctx.device.type == "cpu":
             keep_freed_memory()            # large activations reused, not page-faulted every step
         set_determinism(cfg.train.deterministic, self.ctx.device)
-        device = self.ctx.device
 
+    def _build_data(self) -> None:
+        cfg = self.cfg
         with dist_utils.rank_zero_first(self.ctx):   # one download or cache build, then the others read it
             self.splits = build_dataset(cfg.data)
-        self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=device,
+        self.loaders = build_loaders(self.splits, cfg.data, seed=cfg.train.seed, device=self.ctx.device,
                                      rank=self.ctx.rank, world_size=self.ctx.world_size)
         if self.splits.own_val and cfg.data.val_fraction is not None:   # said in the data's notes
-            cfg = replace(cfg, data=replace(cfg.data, val_fraction=None))
+            self.cfg = replace(cfg, data=replace(cfg.data, val_fraction=None))
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
         # Seeded after the data is built, right before the first draw of the run (the model's
         # init): building data may draw from the global RNGs or not (a DataLoader scanning or
         # decoding a folder on a cache miss draws its base seed; a cache hit does not), and the
@@ -428,20 +453,30 @@ class Run:
                                   in_chans=self.splits.in_chans, pretrained=cfg.model.pretrained, log=self.log,
                                   **sized_kwargs(cfg.model.kwargs, self.splits.image_size))
         self.n_params = count_parameters(self.model)
-        self.model.to(device)
-        # train.amp / channels_last / compile = auto -> concrete values (recorded in config.yaml, summary.json).
-        cfg, self.speed = autotune.resolve(cfg, self.model, self.splits, self.loaders["train"], self.ctx, resume,
-                                           self.log)
-        self.cfg = cfg
+        self.model.to(self.ctx.device)
+
+    def _resolve_speed(self, resume: str | Path | None) -> None:
+        """train.amp / channels_last / compile = auto -> concrete values (recorded in config.yaml,
+        summary.json), then the model laid out as decided."""
+        self.cfg, self.speed = autotune.resolve(self.cfg, self.model, self.splits, self.loaders["train"], self.ctx,
+                                                resume, self.log)
+        cfg = self.cfg
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn and self.ctx.enabled and dist_utils.comm_device(self.ctx).type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if cfg.optim.sam and cfg.train.amp == "fp16":
             raise UserError("optim.sam with train.amp=fp16 is not supported; use bf16 or fp32")
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, len(self.loaders["train"]),
                                          cfg.train.epochs, lr=cfg.optim.lr)
+
+    def _build_step_options(self) -> None:
+        """Precision, EMA, mixup, BN momentum: how each step runs (StepOptions)."""
+        cfg, device = self.cfg, self.ctx.device
         autocast = make_autocast(cfg.train.amp, device)  # rejects fp16 off CUDA before a scaler exists
         scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
         self.ema = make_ema(self.model, cfg.train.ema_decay)
@@ -454,11 +489,17 @@ class Run:
             check_every=1 if device.type == "cpu" and not self.ctx.enabled else 50,
             top5=self.splits.num_classes > 5)   # top-5 of 5 classes or fewer is 100%: not counted
 
+    def _restore_or_start(self, saved: dict | None) -> None:
+        """Epoch 0 of a new run, or the state of the checkpoint a resume continues."""
         self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
         self.progress: EpochProgress | None = None
         self.last_row: dict | None = None
         if saved is not None:
             self._restore(saved)
+
+    def _write_run_files(self, resume: str | Path | None) -> None:
+        """The run folder (a new run's is made here), config.yaml, provenance.json and speed.json. Rank 0 only."""
+        cfg = self.cfg
         if resume is None:
             self.run_dir = make_run_dir(cfg) if self.ctx.is_main else Path(".")
         if self.ctx.is_main:   # last: a resume that fails above leaves the run's config as it was
@@ -466,11 +507,15 @@ class Run:
         # Where the run came from (provenance.json, source.patch; a resume appends). Rank 0 only.
         self.provenance = provenance.begin(
             self.run_dir, resumed=resume is not None, seed=cfg.train.seed, world_size=self.ctx.world_size,
-            device=describe_device(device), data=provenance.data_fingerprint(cfg.data.name, *data_source(cfg.data)),
+            device=describe_device(self.ctx.device),
+            data=provenance.data_fingerprint(cfg.data.name, *data_source(cfg.data)),
             log=self.log) if self.ctx.is_main else {}
         if self.ctx.is_main:
-            self.speed.save(self.run_dir, cfg)
+            self.speed.save(self.run_dir)
 
+    def _wrap_model(self) -> None:
+        """The model the steps run: under DDP, and compiled when train.compile says so."""
+        cfg, device = self.cfg, self.ctx.device
         self.train_model = self.model
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -478,28 +523,30 @@ class Run:
             dist_utils.match_grad_layout(self.model, self._example_batch())
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.train.compile:  # under compile=auto, a trial in the run's first steps (autotune.CompileTrial)
-            self.train_model = autotune.compile_model(self.train_model, self.speed, cfg, self.run_dir, self.ctx)
-        # Where each epoch's metrics go (metrics.csv first), rank 0 only. Last: a logger that cannot
-        # start stops the run here, in one line, before its first step.
-        self.loggers = Loggers.start(logger_names(cfg.train), RunInfo(
-            self.run_dir, cfg, epoch=self.epoch, resumed=resume is not None, last_row=self.last_row),
+            self.train_model = autotune.compile_model(self.train_model, self.speed, cfg, self._record_compile_trial,
+                                                      self.ctx)
+
+    def _start_loggers(self, resume: str | Path | None) -> None:
+        """Where each epoch's metrics go (metrics.csv first), rank 0 only. Last: a logger that cannot
+        start stops the run here, in one line, before its first step."""
+        self.loggers = Loggers.start(logger_names(self.cfg.train), RunInfo(
+            self.run_dir, self.cfg, epoch=self.epoch, resumed=resume is not None, last_row=self.last_row),
             log=self.log) if self.ctx.is_main else Loggers()
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.opts.scaler.state_dict() if self.opts.scaler else None,
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "epoch": self.epoch, "step": self.scheduler.last_epoch,
-                "progress": vars(self.progress) if self.progress else None,
-                "best_acc": self.best_acc, "best_epoch": self.best_epoch,
-                "rng": rng_state(), "config": self.cfg.to_dict(), "model_name": self.cfg.model.name,
-                "metrics_row": self.last_row,
-                "classes": list(self.splits.classes), "selfreg_version": __version__,
-                "provenance": self.provenance,
-                # What `selfreg predict` needs to turn any image into a model input.
-                "transform": self.splits.eval_spec.to_dict()}
+        """What checkpoints/last.pt holds (weightfiles.checkpoint_state, beside its reader)."""
+        return checkpoint_state(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.opts.scaler.state_dict() if self.opts.scaler else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            epoch=self.epoch, step=self.scheduler.last_epoch,
+            progress=vars(self.progress) if self.progress else None,
+            best_acc=self.best_acc, best_epoch=self.best_epoch,
+            rng=rng_state(), config=self.cfg.to_dict(), metrics_row=self.last_row,
+            classes=self.splits.classes, version=__version__, provenance=self.provenance,
+            transform=self.splits.eval_spec.to_dict())
 
     def save(self, best: bool = False) -> None:
         if not self.ctx.is_main:
@@ -531,9 +578,19 @@ class Run:
         return load_checkpoint(path, map_location="cpu")
 
     def _save_config_if_changed(self) -> None:
+        """The one writer of config.yaml: the run's final config, when the file does not hold it yet
+        (a new run; a resume with overrides; a resume whose file still says `auto`)."""
         path = self.run_dir / "config.yaml"
         if not path.is_file() or changed_keys(load_config(path), self.cfg):
             save_config(self.cfg, path)
+
+    def _record_compile_trial(self, choice: autotune.SpeedChoice) -> None:
+        """compile=auto's trial has decided (autotune.CompileTrial): the config, config.yaml and
+        speed.json say what it kept, so a rerun or a resume trains the same way."""
+        self.cfg.train.compile = choice.compile
+        if self.ctx.is_main:
+            choice.save(self.run_dir)
+            self._save_config_if_changed()
 
     def _restore(self, state: dict) -> None:
         source = self.run_dir / "checkpoints" / "last.pt"

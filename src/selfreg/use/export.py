@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..weightfiles import Loaded, write_weights
 from .trained import Trained, load_trained
-from .weights import write_weights
 
 EXPORT_BATCH = 2
 CHECK_BATCHES = (1, 3)
@@ -223,7 +223,9 @@ def export_torchscript(trained: Trained, path: Path, check: bool = True, **_) ->
 
 # ---------------------------------------------------------------------------- safetensors
 def export_safetensors(trained: Trained, path: Path, check: bool = True, **_) -> ExportResult:
-    weights, sidecar = write_weights(trained, path)
+    weights, sidecar = write_weights(Loaded(trained.name, trained.kwargs, trained.classes, trained.transform,
+                                            trained.model.state_dict(), trained.data, trained.provenance,
+                                            trained.imports), path)
     result = ExportResult("safetensors", weights, [weights, sidecar], exporter="safetensors")
     if check:
         device = next(trained.model.parameters()).device

@@ -3,7 +3,7 @@
 Two file formats, told apart by suffix (read by `selfreg.weightfiles`, built by `selfreg.factory`):
 - a run checkpoint `*.pt` (loaded with weights_only=True), which also holds the run's
   config, so `selfreg eval` can rebuild its dataset;
-- a `*.safetensors` weights file (`selfreg export --format safetensors`, use/weights.py)
+- a `*.safetensors` weights file (`selfreg export --format safetensors`, weightfiles.write_weights)
   whose header carries model name, builder arguments, classes and eval transform.
 """
 from __future__ import annotations
