@@ -292,6 +292,15 @@ def test_parallel_sweep_runs_processes_and_logs(cli, tmp_path):
             assert (tmp_path / "sw" / "logs" / f"{label}-s{seed}.log").is_file()
     report = cli("report", tmp_path / "sw")
     assert report.returncode == 0 and (tmp_path / "sw" / "report.html").is_file()
+    # More epochs on the same folder: each --parallel run resumes with its changed keys passed as
+    # overrides (the engine alone writes the run's config.yaml) and trains the extra epoch.
+    epochs = json.loads((tmp_path / "sw" / "resnet20" / "s0" / "summary.json").read_text())["epochs"]
+    proc = run_cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw", f"train.epochs={epochs + 1}")
+    assert proc.returncode == 0 and "2 to resume" in proc.stdout, proc.stdout + proc.stderr
+    for label in ("resnet20", "rrnet20_gru"):
+        run_dir = tmp_path / "sw" / label / "s0"
+        assert json.loads((run_dir / "summary.json").read_text())["epochs"] == epochs + 1
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == epochs + 1
 
 
 # ---------------------------------------------------------------------------------------
