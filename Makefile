@@ -22,7 +22,7 @@ demo: $(STAMP)
 # worker takes pending tests from the busy one (worksteal), so the long tests do not end alone.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"

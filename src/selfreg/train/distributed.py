@@ -130,15 +130,16 @@ def setup(device_name: str = "auto") -> DistContext:
     if not dist.is_initialized():
         backend = backend_for(device)
         store = round_store(rank, world)
+        joined = {"store": store, "rank": rank, "world_size": world} if store is not None else {}
         if backend == "nccl":   # bound to this process's GPU (barriers too)
-            dist.init_process_group(backend="nccl", device_id=device, store=store, rank=rank, world_size=world)
+            dist.init_process_group(backend="nccl", device_id=device, **joined)
         else:
-            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+            dist.init_process_group(backend=backend, **joined)
         atexit.register(shutdown)
     return DistContext(rank, world, local_rank, device)
 
 
-def round_store(rank: int, world: int) -> dist.Store:
+def round_store(rank: int, world: int) -> dist.Store | None:
     """The env:// store (MASTER_ADDR/MASTER_PORT), with the keys of each torchrun restart round
     under a prefix of their own. torchrun's agent keeps one store across restarts, and the
     process group writes the same keys every round: a restarted round could read the addresses
@@ -146,8 +147,10 @@ def round_store(rank: int, world: int) -> dist.Store:
     (pytorch/pytorch#167288)."""
     from torch.distributed.rendezvous import rendezvous
 
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:   # not torchrun's agent: plain env://
+        return None
     store, _, _ = next(rendezvous("env://", rank, world))
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"selfreg/round_{restart}/", store)
 
 
