@@ -13,6 +13,7 @@ The page's header is DOC_HEADER below, rewritten by every section written and by
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -111,6 +112,21 @@ def interleave(fns: dict[str, Callable[[], object]], rounds: int = 3, steps: int
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def trainer(model, x, y, autocast=contextlib.nullcontext) -> Callable[[], None]:
+    """One SGD training step of `model` on the batch (x, y), as a callable for `interleave`."""
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def cpu_model() -> str:

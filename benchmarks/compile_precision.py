@@ -16,9 +16,8 @@ import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 
-from _common import add_markdown_arg, interleave, medians, table, write_section
+from _common import add_markdown_arg, interleave, medians, table, trainer, write_section
 from selfreg import create_model
 
 
@@ -35,17 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_markdown_arg(p)
     return p
 
-
-def trainer(model, x, y, autocast=contextlib.nullcontext):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def fresh(name, dev, **kwargs):

@@ -265,9 +265,8 @@ def step_table(args) -> int:
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
-    from _common import interleave, medians, table, write_section
+    from _common import interleave, medians, table, trainer, write_section
     from selfreg import create_model
     from selfreg.complexity import count_macs
 
@@ -284,17 +283,9 @@ def step_table(args) -> int:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = create_model(name, num_classes=10, **kwargs).to(dev).to(memory_format=fmt).train()
         forward = torch.compile(model, dynamic=False) if compiled else model
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         x = x32.contiguous(memory_format=fmt)
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp == "bf16" else contextlib.nullcontext
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss = F.cross_entropy(forward(x).float(), y)
-            loss.backward()
-            opt.step()
-        return step
+        return trainer(forward, x, y, autocast)
 
     macs = {label: count_macs(create_model(name, num_classes=10, **kw), args.size) for label, name, kw in STEP_MODELS}
     base = STEP_MODELS[0][0]

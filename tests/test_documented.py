@@ -432,7 +432,7 @@ def write_photo_folder(root: Path, classes, per_class: int, seed: int, ext: str 
 
 
 @pytest.fixture(scope="session")
-def shared_data(tmp_path_factory) -> Path:
+def tiny_data(tmp_path_factory) -> Path:
     """Every dataset a recipe names, tiny, under one data root."""
     root = tmp_path_factory.mktemp("documented-data") / "data"
     w.write_cifar10(root, per_batch=4, test=8)
@@ -440,7 +440,7 @@ def shared_data(tmp_path_factory) -> Path:
     w.write_mnist(root, "MNIST", train=20, test=8)
     w.write_mnist(root, "FashionMNIST", train=20, test=8)
     w.write_stl10(root, train=20, test=8)
-    # The CIFAR-10 JPEG copy (../shared/data/cifar10-jpeg-train.tar.xz): train/<class>/NNNN.jpg.
+    # Stands in for the CIFAR-10 JPEG copy the recipes name (an ImageFolder: train/<class>/NNNN.jpg).
     for c, name in enumerate(w.CIFAR10_CLASSES):
         for i in range(2):
             w.save_image(root / "train" / name / f"{i:04d}.jpg", w.random_images(1, (32, 32, 3), 100 * c + i)[0])
@@ -464,14 +464,14 @@ def _one_thread():
 
 
 @pytest.fixture
-def ws(tmp_path, shared_data, monkeypatch):
+def ws(tmp_path, tiny_data, monkeypatch):
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    w.register_cifar_md5s(monkeypatch, CIFAR10, shared_data)
-    w.register_cifar_md5s(monkeypatch, CIFAR100, shared_data)
-    w.register_stl10_md5s(monkeypatch, shared_data)
-    monkeypatch.setenv("SELFREG_CACHE_DIR", str(shared_data.parent / "cache"))
-    (tmp_path / "data").symlink_to(shared_data, target_is_directory=True)
+    w.register_cifar_md5s(monkeypatch, CIFAR10, tiny_data)
+    w.register_cifar_md5s(monkeypatch, CIFAR100, tiny_data)
+    w.register_stl10_md5s(monkeypatch, tiny_data)
+    monkeypatch.setenv("SELFREG_CACHE_DIR", str(tiny_data.parent / "cache"))
+    (tmp_path / "data").symlink_to(tiny_data, target_is_directory=True)
     (tmp_path / "home").mkdir()
     yield Workspace(tmp_path)
     for path in tmp_path.rglob("*.pt"):     # big models' checkpoints: not worth keeping on disk
