@@ -35,6 +35,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.equal(good[k], after["model"][k]) for k in good)
 
 
+def test_best_pt_is_last_pt_of_its_epoch_written_once(tmp_path, monkeypatch):
+    """best.pt is a hard link to the last.pt of the best epoch (one serialisation, one fsync); the
+    next save replaces last.pt by rename and leaves best.pt as it was."""
+    import os
+
+    from selfreg.weightfiles import link_checkpoint, save_checkpoint
+
+    fit(tiny(tmp_path), **quiet)
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert os.path.samefile(ckpts / "best.pt", ckpts / "last.pt")
+    best = load_checkpoint(ckpts / "best.pt")
+    save_checkpoint({**best, "epoch": 99}, ckpts / "last.pt")
+    assert load_checkpoint(ckpts / "best.pt")["epoch"] == best["epoch"] == 1
+    assert load_checkpoint(ckpts / "last.pt")["epoch"] == 99
+    # A file system without hard links: a copy, with the same content and nothing left behind.
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+    link_checkpoint(ckpts / "last.pt", ckpts / "best.pt")
+    assert not os.path.samefile(ckpts / "best.pt", ckpts / "last.pt")
+    assert load_checkpoint(ckpts / "best.pt")["epoch"] == 99
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]
+
+
 def test_nan_policy_skip_counts_skipped_steps(tmp_path):
     summary = fit(tiny(tmp_path, "optim.lr=1e30", "train.nan_policy=skip"), **quiet)
     text = (tmp_path / "r" / "metrics.csv").read_text()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,32 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             kept = f"; the previous {path.name} is intact" if path.exists() else ""
             raise UserError(f"no space left on {path.parent} while writing {path.name}{kept}; "
+                            "free some space and resume the run") from None
+        raise
+
+
+def link_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Make `path` hold what `source` holds now, without writing it again: a hard link, put in
+    place by rename (atomic, as save_checkpoint). best.pt is last.pt of its epoch: linking spares
+    a second serialisation and fsync of the same state (hundreds of MB a save for ImageNet
+    models). save_checkpoint replaces last.pt by rename, so the link keeps the old file; where the
+    file system has no hard links, the file is copied.
+    """
+    source, path = Path(source), Path(path)
+    remove_stale_temp_files(path.parent, path.name)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.link.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:                          # no hard links here (FAT, some network mounts)
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on {path.parent} while writing {path.name}; "
                             "free some space and resume the run") from None
         raise
 

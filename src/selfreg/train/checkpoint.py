@@ -16,8 +16,8 @@ import torch
 
 
 from ..errors import UserError
-from ..weightfiles import (FORMAT_VERSION, current_umask, load_checkpoint, load_model_state,  # noqa: F401
-                           remove_stale_temp_files, save_checkpoint)
+from ..weightfiles import (FORMAT_VERSION, current_umask, link_checkpoint, load_checkpoint,  # noqa: F401
+                           load_model_state, remove_stale_temp_files, save_checkpoint)
 
 
 def check_writable(folder: str | Path) -> None:

@@ -45,8 +45,8 @@ from .allocator import keep_freed_memory
 from .precision import make_autocast  # noqa: F401  (also the engine's API, e.g. benchmarks/framework_tax.py)
 from . import distributed as dist_utils
 from .bn import BNMomentum
-from .checkpoint import (check_writable, load_checkpoint, load_model_state, remove_stale_temp_files, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (check_writable, link_checkpoint, load_checkpoint, load_model_state, remove_stale_temp_files,
+                         rng_state, save_checkpoint, set_rng_state)
 from .checks import check_config
 from .loggers import Loggers, RunInfo, logger_names
 from .logging import Progress, plot_curves, read_metrics
@@ -552,9 +552,10 @@ class Run:
         if not self.ctx.is_main:
             return
         state = self.state()
-        save_checkpoint(state, self.run_dir / "checkpoints" / "last.pt")
+        last = self.run_dir / "checkpoints" / "last.pt"
+        save_checkpoint(state, last)
         if best:
-            save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
+            link_checkpoint(last, last.with_name("best.pt"))
 
     def _example_batch(self) -> torch.Tensor:
         """Two zero images of the run's input shape, on its device, in its memory format."""
