@@ -98,6 +98,11 @@ def sweep_cli(*args, timeout=600):
     return selfreg("sweep", *map(str, args), timeout=timeout)
 
 
+def status_of(out: Path):
+    """`selfreg sweep --status OUT` (in this process: it reads the folder's job records)."""
+    return selfreg_in_process("sweep", "--status", out)
+
+
 def release(job_id: str) -> None:
     """SLURM holds a requeued job back for about two minutes (its BeginTime); let it start now."""
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=20)
@@ -108,20 +113,24 @@ def release(job_id: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_slurm_sweep_runs_to_the_end_and_matches_the_in_process_sweep(slurm, tmp_path):
-    """A 2-point x 2-seed sweep as a SLURM job array: every run finishes, --status says so with
-    its job id, and the folder is what an in-process sweep writes (same numbers, same weights)."""
-    path = recipe(tmp_path, "grid", {"optim.lr": [0.1, 0.05]}, seeds=(0, 1))
+def test_slurm_sweep_runs_to_the_end_and_a_bad_grid_point_fails_in_its_own_job(slurm, tmp_path):
+    """A 2-point x 2-seed sweep, with a third grid point whose data path is wrong, as a SLURM job
+    array: the four good runs finish, --status says so with their job ids, and their folder is what
+    an in-process sweep writes (same numbers, same weights); the bad point fails in its own jobs with
+    its one-line error in --status; the same command again resubmits the failed jobs only."""
+    path = recipe(tmp_path, "grid", {"point": {"0.1": {"optim.lr": 0.1}, "0.05": {"optim.lr": 0.05},
+                                               "bad": {"data.name": "folder", "data.root": str(tmp_path / "nowhere")}}},
+                  seeds=(0, 1))
     out = tmp_path / "slurm"
     done = sweep_cli(path, "--launcher", "slurm", "--cpus", 1, "--mem-gb", 1, "--time", 10, "--max-running", 2,
                      "--wait", "-o", out)
     assert done.returncode == 0, done.stderr + done.stdout
-    status = sweep_cli("--status", out)
-    lines = status.stdout.strip().splitlines()
-    assert len(lines) == 4 and all(": finished, final val acc" in line and "(job " in line for line in lines), lines
-    # Running the same command again submits nothing: every run is finished.
-    again = sweep_cli(path, "--launcher", "slurm", "--cpus", 1, "-o", out)
-    assert again.returncode == 0 and "4 finished" in again.stdout and "0 to submit" in again.stdout, again.stdout
+    status = dict(line.split(": ", 1) for line in status_of(out).stdout.strip().splitlines())
+    assert sorted(status) == ["0.05 s0", "0.05 s1", "0.1 s0", "0.1 s1", "bad s0", "bad s1"], status
+    for run in ("0.1 s0", "0.1 s1", "0.05 s0", "0.05 s1"):
+        assert status[run].startswith("finished, final val acc") and "(job " in status[run], status
+    for run in ("bad s0", "bad s1"):
+        assert status[run].startswith("failed: folder dataset:") and "does not exist" in status[run], status
     here = tmp_path / "here"
     assert selfreg_in_process("sweep", path, "--only", "0.1", "--seeds", "1", "-o", here).returncode == 0
     assert metrics(here / "0.1" / "s1") == metrics(out / "0.1" / "s1")
@@ -129,6 +138,14 @@ def test_slurm_sweep_runs_to_the_end_and_matches_the_in_process_sweep(slurm, tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
     report = selfreg_in_process("report", out)
     assert report.returncode == 0, report.stderr
+    # The same command again submits the failed runs only; the finished ones stay.
+    again = sweep_cli(path, "--launcher", "slurm", "--cpus", 1, "--time", 10, "-o", out)
+    assert "4 finished" in again.stdout and "2 to submit" in again.stdout, again.stdout
+    bad_ids = [record(out, f"bad-s{seed}")["job_id"] for seed in (0, 1)]
+    wait_until(lambda: all(record(out, f"bad-s{seed}").get("state") == "failed" for seed in (0, 1)) and
+               subprocess.run(["squeue", "-h", "-j", ",".join(bad_ids)], capture_output=True,
+                              text=True).stdout.strip() == "",
+               300, "the resubmitted jobs to fail again")
 
 
 @pytest.mark.slow
@@ -146,7 +163,7 @@ def test_slurm_sigterm_mid_epoch_requeues_and_resumes_exactly(slurm, tmp_path):
     job_id = record(out, "0.1-s0")["job_id"]
     subprocess.run(["scancel", "--signal=TERM", job_id], check=True, timeout=20)
     wait_until(lambda: record(out, "0.1-s0").get("state") == "requeued", 120, "the job to requeue itself")
-    status = sweep_cli("--status", out).stdout
+    status = status_of(out).stdout
     assert "requeued 1x" in status, status
     release(job_id)
     wait_until(lambda: record(out, "0.1-s0").get("state") in ("finished", "failed"), 400, "the requeued job")
@@ -158,27 +175,6 @@ def test_slurm_sigterm_mid_epoch_requeues_and_resumes_exactly(slurm, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_slurm_a_bad_grid_point_fails_in_its_own_job(slurm, tmp_path):
-    """A grid point with a bad data path fails in its job with its one-line error in --status;
-    the other finishes; the same command again resubmits the failed one only."""
-    path = recipe(tmp_path, "bad", {"data": {"good": {"data.name": "digits"},
-                                             "bad": {"data.name": "folder", "data.root": str(tmp_path / "nowhere")}}})
-    out = tmp_path / "slurm"
-    done = sweep_cli(path, "--launcher", "slurm", "--cpus", 1, "--time", 10, "--wait", "-o", out)
-    assert done.returncode == 0, done.stderr + done.stdout
-    status = dict(line.split(": ", 1) for line in sweep_cli("--status", out).stdout.strip().splitlines())
-    assert status["good s0"].startswith("finished"), status
-    assert status["bad s0"].startswith("failed: folder dataset:") and "does not exist" in status["bad s0"], status
-    again = sweep_cli(path, "--launcher", "slurm", "--cpus", 1, "--time", 10, "-o", out)
-    assert "1 finished" in again.stdout and "1 to submit" in again.stdout, again.stdout
-    bad_id = record(out, "bad-s0")["job_id"]
-    wait_until(lambda: record(out, "bad-s0").get("state") == "failed" and
-               subprocess.run(["squeue", "-h", "-j", bad_id], capture_output=True, text=True).stdout.strip() == "",
-               300, "the resubmitted job to fail again")
-
-
 def test_local_launcher_runs_the_sweep_through_submitit(tmp_path):
     """--launcher local: the same jobs through submitit's local executor, the folder an in-process
     sweep writes; a queued or running job is never submitted twice."""
@@ -188,7 +184,7 @@ def test_local_launcher_runs_the_sweep_through_submitit(tmp_path):
     assert done.returncode == 0, done.stderr + done.stdout
     rec = record(out, "0.1-s0")
     assert rec["launcher"] == "local" and rec["state"] == "finished" and rec["starts"] == 1
-    status = sweep_cli("--status", out).stdout
+    status = status_of(out).stdout
     assert status.startswith("0.1 s0: finished, final val acc"), status
     here = tmp_path / "here"
     assert selfreg_in_process("sweep", path, "-o", here).returncode == 0

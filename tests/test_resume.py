@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from procs import selfreg, selfreg_in_process, spawn
+from procs import selfreg_in_process, spawn
 from selfreg.train.checkpoint import load_checkpoint
 
 ARGS = ["data.image_size=16", "train.epochs=3", "data.batch_size=32", "model.name=resnet20",
@@ -24,7 +24,9 @@ def start(out, name, *extra):
 
 
 def resume(run_dir):
-    return selfreg("train", "--resume", run_dir, timeout=300)
+    """`selfreg train --resume` in this process: what is tested is that the killed process left a
+    run that continues exactly, not another interpreter start."""
+    return selfreg_in_process("train", "--resume", run_dir)
 
 
 def wait_for_checkpoint(run_dir, proc, timeout=120):
