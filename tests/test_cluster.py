@@ -104,7 +104,16 @@ def status_of(out: Path):
 
 
 def release(job_id: str) -> None:
-    """SLURM holds a requeued job back for about two minutes (its BeginTime); let it start now."""
+    """SLURM holds a requeued job back for about two minutes (its BeginTime); let it start now.
+
+    The job writes its record "requeued" before it calls `scontrol requeue`, so this waits until
+    SLURM shows the job pending again (an update of a job still running would be lost, and the
+    test would wait out the two minutes)."""
+    def pending() -> bool:
+        done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+        return done.stdout.strip() == "PENDING"
+
+    wait_until(pending, 60, f"job {job_id} to be pending again", poll=0.2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=20)
 
 
