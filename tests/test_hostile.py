@@ -137,6 +137,8 @@ def test_a_run_failing_before_its_folder_exists_does_not_stop_the_sweep(tmp_path
     ("data.val_fraction=-0.1", "data.val_fraction"), ("optim.momentum=1.5", "optim.momentum"),
     ("train.label_smoothing=1", "train.label_smoothing"), ("data.loader=fastest", "data.loader"),
     ("data.channels=2", "data.channels"), ("sched.warmup=linar", "sched.warmup"),
+    ("train.run_name=../escaped", "train.run_name"), ("train.run_name=a/../../escaped", "train.run_name"),
+    ("train.run_name=/tmp/escaped", "train.run_name"),
 ])
 def test_out_of_range_values_are_one_line_and_make_no_folder(tmp_path, capsys, override, key):
     code = main(["train", "configs/demo.yaml", f"train.out_dir={tmp_path / 'out'}", override])

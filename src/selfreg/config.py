@@ -242,6 +242,7 @@ class TrainConfig:
         _check_choice("train.resume", self.resume, ("never", "auto"))
         if not str(self.out_dir).strip():     # "" is the working directory: runs would land among the sources
             raise UserError("config key train.out_dir is empty; set the folder runs are written under (default: runs)")
+        _check_run_name(self.run_name)
         m = self.bn_momentum
         if not (m is None or m == "dynamic" or
                 (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m <= 1)):
@@ -256,6 +257,16 @@ class TrainConfig:
             raise UserError(f"config key train.loggers names {twice} twice; name each logger once")
         if not self.mlflow_experiment.strip():
             raise UserError("config key train.mlflow_experiment is empty; name the MLflow experiment (default: selfreg)")
+
+
+def _check_run_name(name: str) -> None:
+    """A run folder lies inside train.out_dir: `name` may have sub-folders (a sweep's LABEL/sN),
+    but no `..` and no absolute path, which would write (and with train.resume=auto, resume)
+    a run outside it."""
+    name = str(name)
+    if name.startswith(("/", "\\", "~")) or ".." in name.replace("\\", "/").split("/"):
+        raise UserError(f"config key train.run_name must be a folder name inside train.out_dir (sub-folders "
+                        f"allowed, no '..' or absolute path), got {name!r}; set train.out_dir for another place")
 
 
 def _check_bool_or_auto(key: str, value: Any) -> None:
