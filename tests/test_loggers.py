@@ -269,6 +269,10 @@ def test_a_logger_that_cannot_start_is_one_line_before_training(tmp_path):
     assert "\n" not in message and message.startswith("logger mlflow failed to start (")
     assert "train.mlflow_uri" in message and "drop mlflow from train.loggers" in message
     assert not list(tmp_path.rglob("*.pt")) and not (tmp_path / "r" / "metrics.csv").exists()  # no step taken
+    # The folder it made is gone: the corrected command's run is `r`, not `r-1`.
+    assert not (tmp_path / "r").exists()
+    fit(tiny(tmp_path, "train.loggers=[csv]", "train.epochs=1"), **quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
 def test_a_logger_failing_mid_run_warns_once_and_training_goes_on(tmp_path, monkeypatch):

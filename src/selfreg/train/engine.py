@@ -19,6 +19,7 @@ import math
 import os
 import random
 import signal
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -313,16 +314,18 @@ def run_name(cfg: Config) -> str:
     return cfg.train.run_name or f"{cfg.model.name}-{cfg.data.name}-s{cfg.train.seed}"
 
 
-def make_run_dir(cfg: Config) -> Path:
+def make_run_dir(cfg: Config) -> tuple[Path, bool]:
     """out_dir/run_name, with a numeric suffix when that folder already holds a run (under
-    train.resume=auto the folder itself: what it holds has no checkpoint, see run_to_continue)."""
+    train.resume=auto the folder itself: what it holds has no checkpoint, see run_to_continue);
+    and whether the folder was made here (a run that stops before its first step removes it)."""
     base = Path(cfg.train.out_dir) / run_name(cfg)
     path, k = base, 1
     while (path / "config.yaml").exists() and cfg.train.resume != "auto":
         path = base.with_name(f"{base.name}-{k}")
         k += 1
+    made = not path.exists()
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return path
+    return path, made
 
 
 def describe_device(device: torch.device) -> str:
@@ -500,8 +503,9 @@ class Run:
     def _write_run_files(self, resume: str | Path | None) -> None:
         """The run folder (a new run's is made here), config.yaml, provenance.json and speed.json. Rank 0 only."""
         cfg = self.cfg
+        self.made_run_dir = False
         if resume is None:
-            self.run_dir = make_run_dir(cfg) if self.ctx.is_main else Path(".")
+            self.run_dir, self.made_run_dir = make_run_dir(cfg) if self.ctx.is_main else (Path("."), False)
         if self.ctx.is_main:   # last: a resume that fails above leaves the run's config as it was
             self._save_config_if_changed()
         # Where the run came from (provenance.json, source.patch; a resume appends). Rank 0 only.
@@ -529,9 +533,16 @@ class Run:
     def _start_loggers(self, resume: str | Path | None) -> None:
         """Where each epoch's metrics go (metrics.csv first), rank 0 only. Last: a logger that cannot
         start stops the run here, in one line, before its first step."""
-        self.loggers = Loggers.start(logger_names(self.cfg.train), RunInfo(
-            self.run_dir, self.cfg, epoch=self.epoch, resumed=resume is not None, last_row=self.last_row),
-            log=self.log) if self.ctx.is_main else Loggers()
+        try:
+            self.loggers = Loggers.start(logger_names(self.cfg.train), RunInfo(
+                self.run_dir, self.cfg, epoch=self.epoch, resumed=resume is not None, last_row=self.last_row),
+                log=self.log) if self.ctx.is_main else Loggers()
+        except UserError:
+            # No step was taken: the folder this run made holds nothing worth keeping, and left
+            # there it would push the corrected command's run to RUN_NAME-1.
+            if self.made_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
