@@ -182,6 +182,9 @@ def test_own_model_and_dataset_train_resume_eval_predict_sweep_and_list(plugin, 
     state.forget()
     rows = selfreg.predict(run, torch.rand(2, 1, 8, 8))
     assert [r.file for r in rows] == ["<tensor 0>", "<tensor 1>"] and all(r.top[0][0] in "abc" for r in rows)
+    state.forget()                           # the model API as well: create_model(checkpoint=...)
+    model = selfreg.create_model("plug_tiny", checkpoint=run / "checkpoints" / "best.pt")
+    assert list(model.pretrained_cfg["label_names"]) == ["a", "b", "c"]
 
     # a weights file carries the imports too
     state.forget()

@@ -33,6 +33,7 @@ from . import models  # noqa: F401  (importing the package registers every model
 from . import pretrained as shipped
 from .data.eval_transform import EvalTransform
 from .errors import UserError
+from .plugins import load as load_plugins
 from .registry import MODELS, Entry
 from .weightfiles import Loaded, load_model_state, read_model_file
 
@@ -163,7 +164,9 @@ def build_from_file(path: str | Path, name: str | None = None, num_classes: int 
 
 def build_loaded(loaded: Loaded, path: Path, name: str | None = None, num_classes: int | None = None,
                  in_chans: int | None = None, **kwargs: Any) -> Built:
-    """`build_from_file` for a file already read (`read_model_file`)."""
+    """`build_from_file` for a file already read (`read_model_file`). The modules the file's run
+    imported (its `imports:`, selfreg.plugins) are imported first: they register its model."""
+    load_plugins(loaded.imports, origin=f"config key imports of the run that wrote {path}")
     if name is not None and name != loaded.name:
         raise UserError(f"{path} holds a {loaded.name!r} model, not {name!r}; "
                         f"use create_model({loaded.name!r}, checkpoint=...)")

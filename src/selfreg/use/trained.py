@@ -18,7 +18,6 @@ from torch import nn
 from ..data.eval_transform import EvalTransform
 from ..errors import UserError
 from ..factory import build_loaded
-from ..plugins import load
 from ..weightfiles import read_model_file
 
 
@@ -52,10 +51,10 @@ def load_trained(path: str | Path, name: str | None = None, device: str | torch.
 
     `name` (optional) must be the model the file holds; `num_classes`, `in_chans` and
     `kwargs` (optional) override the saved ones, e.g. to check a file against a build.
-    The modules the file's run imported (its `imports:`, selfreg.plugins) are imported first.
+    The modules the file's run imported (its `imports:`, selfreg.plugins) are imported first
+    (factory.build_loaded).
     """
     loaded = read_model_file(path)
-    load(loaded.imports, origin=f"config key imports of the run that wrote {path}")
     built = build_loaded(loaded, Path(path), name=name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     built.model.to(device).eval()
     return Trained(built.model, loaded.name, loaded.classes, loaded.transform, built.kwargs, Path(path), loaded.data,
