@@ -32,6 +32,24 @@ def test_digits_default_splits_and_stats():
     assert len(build_dataset(cfg_of(), with_test=True).test) == 359
 
 
+def test_digits_are_scikit_learns_load_digits():
+    """digits reads scikit-learn's CSV itself (sparing every process the sklearn.datasets import):
+    the same pixels and labels as load_digits, split as before (20% test, seed 0)."""
+    from sklearn.datasets import load_digits
+
+    from selfreg.data.datasets import holdout_count, split_indices
+
+    raw = DATASETS.get("digits")(load_config(None, ["data.image_size=8"]).data, with_test=True, presets=[])
+    bunch = load_digits()
+    n = len(bunch.target)
+    rest, test = split_indices(n, holdout_count(n, 0.2), seed=0)
+    pixels = (torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16).mul(255).round().to(torch.uint8)
+    labels = torch.as_tensor(bunch.target)
+    for split, index in ((raw.train, rest), (raw.test, test)):
+        assert torch.equal(split.images, pixels[index]) and torch.equal(split.labels, labels[index])
+    assert raw.classes == [str(c) for c in bunch.target_names]
+
+
 def test_val_split_is_fixed_by_seed_and_disjoint():
     def keys(ds):
         return {tuple(ds.base.images[i].flatten().tolist()[::7]) + (int(ds.base.labels[i]),) for i in range(len(ds))}
