@@ -93,10 +93,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = f"; the previous {path.name} is intact" if path.exists() else ""
-            raise UserError(f"no space left on {path.parent} while writing {path.name}{kept}; "
-                            "free some space and resume the run") from None
+        raise_if_disk_full(exc, path)
         raise
 
 
@@ -120,10 +117,16 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"no space left on {path.parent} while writing {path.name}; "
-                            "free some space and resume the run") from None
+        raise_if_disk_full(exc, path)
         raise
+
+
+def raise_if_disk_full(exc: BaseException, path: Path) -> None:
+    """A full disk or quota while writing `path` (its temp file removed): one line, what to do."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise UserError(f"no space left on {path.parent} while writing {path.name}{kept}; "
+                        "free some space and resume the run") from None
 
 
 def remove_stale_temp_files(folder: str | Path, name: str = "") -> None:
