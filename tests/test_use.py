@@ -362,8 +362,9 @@ def test_features_grid(sel, runs, tmp_path):
 
 def test_probe_side_by_side(sel, runs, tmp_path):
     proc = sel("probe", runs["resnet"], runs["regnet"], "data.eval_batch_size=40", "--max-images", "80",
-               "-o", tmp_path / "p.json")
+               "-o", tmp_path / "p.json", "--plot", tmp_path / "fig" / "p.png")
     assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "fig" / "p.png").size[0] > 600      # two panels: own head, linear probe
     lines = proc.stdout.splitlines()
     assert "resnet20 [a]" in lines[0] and "rrnet20_gru [b]" in lines[0]
     assert [line.split()[0] for line in lines[1:4]] == ["last-2", "last-1", "last"]

@@ -278,7 +278,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
 
-    from .analysis.features import probe_blocks, probe_table
+    from .analysis.features import plot_probe, probe_blocks, probe_table
     from .use.evaluate import eval_data_config
     from .use.trained import load_trained, pick_device
 
@@ -299,6 +299,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
         print(f"wrote {args.out}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_probe(results, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -439,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-images", type=int, default=5000,
                        help="a fixed random sample of at most this many images per split (0: all)")
     probe.add_argument("-o", "--out", metavar="JSON", help="also write the numbers as JSON")
+    probe.add_argument("--plot", metavar="PNG", help="also draw the numbers as a bar chart per block")
     probe.add_argument("--device", default="auto")
     add_import_arg(probe)
     probe.set_defaults(func=cmd_probe)

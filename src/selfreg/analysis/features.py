@@ -323,6 +323,53 @@ def probe_blocks(trained, data_cfg, spec: str = "last3", limit: int = 5000, devi
                        data["test"].split, data_cfg.name)
 
 
+def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
+    """Fig. 1(b) as a chart: accuracy per block (x), one bar per checkpoint; left the model's own
+    pooling + classifier on that block (the paper's protocol), right the linear probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depth = max(len(r.rows) for r in results)
+    positions = list(range(depth, 0, -1))                   # counted from the last block, as probe_table
+    panels = [("head_acc", "model's own pooling + classifier\n(the paper's Fig. 1(b))"),
+              ("probe_acc", "linear probe on the pooled output")]
+    panels = [(key, name) for key, name in panels
+              if any(getattr(row, key) is not None for r in results for row in r.rows)]
+    width = 0.8 / len(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (key, name) in zip(axes[0], panels):
+        for i, r in enumerate(results):
+            xs, ys = [], []
+            for x, pos in enumerate(positions):
+                row = r.rows[-pos] if pos <= len(r.rows) else None
+                if row is not None and getattr(row, key) is not None:
+                    xs.append(x + (i - (len(results) - 1) / 2) * width)
+                    ys.append(100 * getattr(row, key))
+            bars = ax.bar(xs, ys, width, label=f"{r.model} [{chr(97 + i)}]")
+            ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+        ax.set_xticks(range(depth), [_block_tick(results, pos) for pos in positions], fontsize=8)
+        ax.set_ylabel(f"accuracy on {results[0].test_images} {results[0].test_split} images (%)", fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_title(name, fontsize=9)
+    # One legend below both panels: inside a panel it would cover bars of ~90%.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(results), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _block_tick(results: list[ProbeResult], pos: int) -> str:
+    """'block 7' where every checkpoint's block at this position has the same number, else 'last-2'."""
+    indices = {r.rows[-pos].block.index for r in results if pos <= len(r.rows)}
+    place = "last" if pos == 1 else f"last-{pos - 1}"
+    return f"block {indices.pop()}" if len(indices) == 1 else place
+
+
 def probe_table(results: list[ProbeResult]) -> str:
     """Side by side: one column per checkpoint, one row per block position counted from the last."""
     depth = max(len(r.rows) for r in results)
