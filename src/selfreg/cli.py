@@ -266,7 +266,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, device=pick_device(args.device))
     out = Path(args.out) if args.out else run_dir_of(trained.source) / "features" / f"{Path(args.image).stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    blocks = feature_figure(trained, args.image, args.blocks, out, channels=args.channels)
+    blocks, _ = feature_figure(trained, args.image, args.blocks, out, channels=args.channels)
     for b in blocks:
         print(f"block {b.label}: {', '.join(sorted(b.taps))}")
     print(f"wrote {out}")

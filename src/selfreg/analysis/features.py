@@ -276,8 +276,9 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 
 
 # ------------------------------------------------------------------------------ the commands
-def feature_figure(trained, image_path, spec: str, out, channels: int = 3) -> list[Block]:
-    """`selfreg features`: the maps of the chosen blocks for one image file, as a PNG grid."""
+def feature_figure(trained, image_path, spec: str, out, channels: int = 3) -> tuple[list[Block], str]:
+    """`selfreg features`: the maps of the chosen blocks for one image file, as a PNG grid.
+    Returns the blocks shown and the class the model predicts for the image."""
     try:
         x = load_input(Path(image_path), trained)
     except BadImage as exc:
@@ -289,7 +290,7 @@ def feature_figure(trained, image_path, spec: str, out, channels: int = 3) -> li
     plot_feature_grid(x, blocks, maps, out, channels,
                       title=f"{trained.name} on {Path(image_path).name}: predicted {trained.classes[int(k)]} "
                             f"(p={float(p):.2f})")
-    return blocks
+    return blocks, trained.classes[int(k)]
 
 
 @dataclass
