@@ -5,8 +5,10 @@
         src/selfreg/weights/rrnet20_lstm-cifar10-budget-s0.safetensors \\
         --root DATA -o docs/results/table3-budget/fig1
 
-The first file is the baseline (a ResNet); the others are compared with it. Into OUT:
-- fig1a-<model>.png: `selfreg features FILE IMAGE --blocks last3` for each file (Fig. 1(a): the
+The first file's model is the baseline (a ResNet); the other models are compared with it. Several
+files of one model (e.g. its seeds: resnet20-...-s0, -s1, -s2) are averaged, and the comparison
+then uses their spread. Into OUT:
+- fig1a-<model>.png: `selfreg features FILE IMAGE --blocks last3` for each model's first file (Fig. 1(a): the
   input I, regulator state H and output O of the last three blocks; O only for a ResNet). IMAGE is
   the first image of the run's validation split (the files' own data config: for the CIFAR-10
   recipes, split seed 0), never one the model trained on, and not chosen by looking at it;
@@ -37,8 +39,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from selfreg.analysis.features import (capture, feature_figure, find_blocks, plot_probe,  # noqa: E402
-                                       probe_blocks, probe_table, select_blocks)
+from selfreg.analysis.features import (ProbeResult, accuracies_at, capture, feature_figure,  # noqa: E402
+                                       find_blocks, group_by_model, plot_probe, probe_blocks, probe_table,
+                                       select_blocks)
 from selfreg.data import build_dataset  # noqa: E402
 from selfreg.errors import UserError  # noqa: E402
 from selfreg.use.evaluate import eval_data_config, eval_splits  # noqa: E402
@@ -101,26 +104,44 @@ def sampling_error(acc: float, n: int) -> float:
     return 100 * math.sqrt(acc * (1 - acc) / n)
 
 
-def compare_lines(results, key: str) -> list[str]:
-    """Each later checkpoint against the first, block by block, with 2 sigma of the difference."""
-    base = results[0]
-    lines = []
-    for r in results[1:]:
-        parts, higher, counted = [], 0, 0
-        for pos in range(min(len(base.rows), len(r.rows)), 0, -1):
-            a, b = getattr(base.rows[-pos], key), getattr(r.rows[-pos], key)
-            if a is None or b is None:
-                continue
-            two_sigma = 2 * math.hypot(sampling_error(a, base.test_images), sampling_error(b, r.test_images))
-            diff = 100 * (b - a)
-            higher += diff > 0
-            counted += 1
-            mark = " (beyond 2 sigma)" if abs(diff) > two_sigma else ""
-            parts.append(f"block {r.rows[-pos].block.index}: {100 * b:.1f}% vs {100 * a:.1f}%, "
-                         f"{diff:+.1f} points, 2 sigma {two_sigma:.1f}{mark}")
-        if counted:
-            lines.append(f"- {r.model} against {base.model}: higher at {higher} of {counted} blocks; "
-                         + "; ".join(parts) + ".")
+def block_difference(base: list[ProbeResult], other: list[ProbeResult], pos: int, key: str) -> dict | None:
+    """Mean accuracy difference (points) of two models' block `pos` from the last, with its 2-sigma
+    uncertainty: from the files' spread (Welch) where both models have several files, else from
+    the binomial sampling error of each number alone."""
+    a, b = accuracies_at(base, pos, key), accuracies_at(other, pos, key)
+    if not a or not b:
+        return None
+    if len(a) > 1 and len(b) > 1:
+        sigma, source = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)), "seeds"
+    else:
+        sigma = math.hypot(sampling_error(np.mean(a) / 100, base[0].test_images),
+                           sampling_error(np.mean(b) / 100, other[0].test_images))
+        source = "sampling"
+    return {"block": other[0].rows[-pos].block.index, "base": float(np.mean(a)), "other": float(np.mean(b)),
+            "diff": float(np.mean(b) - np.mean(a)), "two_sigma": 2 * sigma, "from": source,
+            "other_higher": sum(x > y for x, y in zip(b, a)), "pairs": min(len(a), len(b))}
+
+
+def compare_lines(results: list[ProbeResult], key: str) -> list[str]:
+    """Each later model against the first model, block by block."""
+    groups = [[results[i] for i in members] for members in group_by_model([r.model for r in results]).values()]
+    base, lines = groups[0], []
+    for other in groups[1:]:
+        depth = min(len(base[0].rows), len(other[0].rows))
+        diffs = [d for pos in range(depth, 0, -1) if (d := block_difference(base, other, pos, key)) is not None]
+        if not diffs:
+            continue
+        of = f"the mean of {len(other)} files against the mean of {len(base)}" if len(other) > 1 else "one file each"
+        parts = []
+        for d in diffs:
+            beyond = " (beyond 2 sigma)" if abs(d["diff"]) > d["two_sigma"] else ""
+            paired = f"; higher in {d['other_higher']} of {d['pairs']} pairs" if d["pairs"] > 1 else ""
+            parts.append(f"block {d['block']}: {d['other']:.1f}% vs {d['base']:.1f}%, {d['diff']:+.1f} points, "
+                         f"2 sigma {d['two_sigma']:.1f} from the {'seed spread' if d['from'] == 'seeds' else 'sampling error'}"
+                         f"{beyond}{paired}")
+        higher = sum(d["diff"] > 0 for d in diffs)
+        lines.append(f"- {other[0].model} against {base[0].model} ({of}): higher at {higher} of {len(diffs)} "
+                     "blocks; " + "; ".join(parts) + ".")
     return lines
 
 
@@ -135,10 +156,30 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def readme(args, image: Path, image_class: str, trained: list, predicted: dict, results, similarity) -> str:
+def similarity_rows(similarity: list[dict]) -> list[str]:
+    """Markdown table: per model the mean cosine of each consecutive pair (± std over its files)."""
+    pairs = similarity[0]["pairs"]
+    lines = ["| model | files | " + " | ".join(f"O^{p['blocks'][0]} vs O^{p['blocks'][1]}" for p in pairs) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in pairs) + " |"]
+    by_model: dict[str, list[dict]] = {}
+    for entry in similarity:
+        by_model.setdefault(entry["model"], []).append(entry)
+    for model, entries in by_model.items():
+        cells = []
+        for i in range(len(pairs)):
+            values = [e["pairs"][i]["cosine"] for e in entries]
+            spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.3f}{spread}")
+        lines.append(f"| {model} | {len(entries)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def readme(args, image: Path, image_class: str | None, shown: list, predicted: dict, results: list[ProbeResult],
+           similarity: list[dict]) -> str:
     n, split = results[0].test_images, results[0].test_split
+    several = any(len(m) > 1 for m in group_by_model([r.model for r in results]).values())
     lines = [
-        f"# The RegNet paper's Fig. 1 from the weights {', '.join(Path(w).name for w in args.weights)}",
+        "# The RegNet paper's Fig. 1 from the weights " + ", ".join(f"`{Path(w).name}`" for w in args.weights),
         "",
         "Made by (commit " + git_commit() + "):",
         "",
@@ -154,26 +195,23 @@ def readme(args, image: Path, image_class: str, trained: list, predicted: dict, 
         "",
         f"Here: one image, `{shown_path(image, args.root)}`"
         + (f" of class *{image_class}*, the first image of the validation split (chosen by position, not by "
-           "looking)." if image_class is not None else ", chosen with --image."),
-        "Each row is a block; the columns show the channel mean and the three most active channels of each map "
-        "(I = regulator input, H = regulator state, O = block output; a ResNet has O only).",
+           "looking)," if image_class is not None else ", chosen with --image,")
+        + " through each model's first file. Each row is a block; the columns show the channel mean and the "
+        "three most active channels of each map (I = regulator input, H = regulator state, O = block output; "
+        "a ResNet has O only).",
         "",
     ]
-    for t in trained:
-        lines += [f"- {t.name}: predicts *{predicted[t.name]}*. ![{t.name}](fig1a-{t.name}.png)", ""]
+    for t in shown:
+        lines += [f"- {t.name} (`{Path(t.source).name}`): predicts *{predicted[t.name]}*. "
+                  f"![{t.name}](fig1a-{t.name}.png)", ""]
     lines += [
         "How similar consecutive outputs are, measured rather than looked at (`similarity.json`): the cosine "
         "similarity of block t's and block t+1's output maps, per image, averaged over "
-        f"{similarity[trained[0].name][0]['images']} validation images. Higher means consecutive outputs are "
-        "more alike, the paper's complaint about ResNets.",
+        f"{similarity[0]['pairs'][0]['images']} validation images"
+        + (" (mean ± sample std over a model's files)" if several else "")
+        + ". Higher means consecutive outputs are more alike, the paper's complaint about ResNets.",
         "",
-        "| model | " + " | ".join(f"O^{s['blocks'][0]} vs O^{s['blocks'][1]}" for s in similarity[trained[0].name])
-        + " |",
-        "| --- | " + " | ".join("---" for _ in similarity[trained[0].name]) + " |",
-    ]
-    for t in trained:
-        lines.append(f"| {t.name} | " + " | ".join(f"{s['cosine']:.3f}" for s in similarity[t.name]) + " |")
-    lines += [
+        *similarity_rows(similarity),
         "",
         "## Fig. 1(b): accuracy from the outputs of the last three blocks",
         "",
@@ -183,7 +221,10 @@ def readme(args, image: Path, image_class: str, trained: list, predicted: dict, 
         "pooling and last fully connected layer on an earlier block's output), \"probe\" a logistic regression "
         f"fit on the pooled outputs of {results[0].train_images} training images. The binomial sampling error "
         f"of one number is about {sampling_error(0.7, n):.1f} points at 70% and {sampling_error(0.9, n):.1f} at 90% "
-        "(1 sigma).",
+        "(1 sigma)"
+        + ("; where a model has several files, the chart shows their mean, each file as a dot and the sample "
+           "standard deviation, and the comparisons below use that spread." if several else "; one file per "
+           "model says nothing of the spread between seeds, which can be larger."),
         "",
         "![Fig. 1(b)](fig1b.png)",
         "",
@@ -205,7 +246,9 @@ def readme(args, image: Path, image_class: str, trained: list, predicted: dict, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("weights", nargs="+", help="checkpoints or .safetensors; the first is the baseline")
+    parser.add_argument("weights", nargs="+",
+                        help="checkpoints or .safetensors; the first file's model is the baseline; several "
+                             "files of one model are its seeds")
     parser.add_argument("--root", required=True, help="the dataset's data.root (the folder holding train/)")
     parser.add_argument("-o", "--out", required=True, help="the folder to write into")
     parser.add_argument("--image", help="the image of Fig. 1(a) (default: the first validation image)")
@@ -220,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     data_cfgs = [eval_data_config(t, root=args.root) for t in trained]
     image, image_class = (Path(args.image), None) if args.image else first_val_image(data_cfgs[0])
 
+    shown = [trained[members[0]] for members in group_by_model([t.name for t in trained]).values()]
     predicted = {}
-    for t in trained:
+    for t in shown:
         _, predicted[t.name] = feature_figure(t, image, BLOCKS, out / f"fig1a-{t.name}.png")
         print(f"wrote {out / f'fig1a-{t.name}.png'}")
 
@@ -230,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_probe(results, out / "fig1b.png")
     (out / "fig1b.json").write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
 
-    similarity = {t.name: output_similarity(t, cfg, args.similarity_images) for t, cfg in zip(trained, data_cfgs)}
+    similarity = [{"model": t.name, "file": str(t.source), "pairs": output_similarity(t, cfg, args.similarity_images)}
+                  for t, cfg in zip(trained, data_cfgs)]
     (out / "similarity.json").write_text(json.dumps(similarity, indent=2) + "\n")
-    (out / "README.md").write_text(readme(args, image, image_class, trained, predicted, results, similarity))
+    (out / "README.md").write_text(readme(args, image, image_class, shown, predicted, results, similarity))
     print(f"wrote {out / 'README.md'}")
     return 0
 

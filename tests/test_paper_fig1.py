@@ -39,14 +39,14 @@ def runs(tmp_path_factory):
             Image.fromarray((image * 15).astype(np.uint8)).save(folder / f"{i:03d}.png")
     out = tmp_path_factory.mktemp("runs")
     files = []
-    for model in ("resnet20", "rrnet20_gru"):
+    for model, seed in (("resnet20", 0), ("rrnet20_gru", 0), ("resnet20", 1), ("rrnet20_gru", 1)):
         cfg = load_config(None, [f"model.name={model}", "model.kwargs.widths=[8,16,16]", "data.name=folder",
                                  f"data.root={root}", "data.image_size=16", "data.val_fraction=18",
                                  "data.cache=true", "data.batch_size=18", "train.epochs=1", "train.threads=1",
                                  "train.tensorboard=false", "train.plot=false", f"train.out_dir={out}",
-                                 f"train.run_name={model}"])
+                                 f"train.run_name={model}-s{seed}", f"train.seed={seed}"])
         fit(cfg, log=lambda s: None)
-        files.append(out / model / "checkpoints" / "last.pt")
+        files.append(out / f"{model}-s{seed}" / "checkpoints" / "last.pt")
     return root, files
 
 
@@ -64,7 +64,7 @@ def test_first_val_image_is_the_runs_first_validation_image(fig1, runs):
 def test_writes_figures_numbers_and_readme(fig1, runs, tmp_path):
     root, files = runs
     out = tmp_path / "fig1"
-    assert fig1.main([*map(str, files), "--root", str(root), "-o", str(out), "--max-images", "30",
+    assert fig1.main([*map(str, files[:2]), "--root", str(root), "-o", str(out), "--max-images", "30",
                       "--similarity-images", "12", "--note", "A tiny check."]) == 0
     assert {p.name for p in out.iterdir()} == {"fig1a-resnet20.png", "fig1a-rrnet20_gru.png", "fig1b.png",
                                               "fig1b.json", "similarity.json", "README.md"}
@@ -72,13 +72,34 @@ def test_writes_figures_numbers_and_readme(fig1, runs, tmp_path):
     assert [r["model"] for r in probe] == ["resnet20", "rrnet20_gru"]
     assert all([b["index"] for b in r["blocks"]] == [7, 8, 9] for r in probe)
     similarity = json.loads((out / "similarity.json").read_text())
-    for model in ("resnet20", "rrnet20_gru"):
-        assert [s["blocks"] for s in similarity[model]] == [[7, 8], [8, 9]]
-        assert all(-1 <= s["cosine"] <= 1 and s["images"] == 12 for s in similarity[model])
+    assert [s["model"] for s in similarity] == ["resnet20", "rrnet20_gru"]
+    for entry in similarity:
+        assert [p["blocks"] for p in entry["pairs"]] == [[7, 8], [8, 9]]
+        assert all(-1 <= p["cosine"] <= 1 and p["images"] == 12 for p in entry["pairs"])
     text = (out / "README.md").read_text()
     image, _ = fig1.first_val_image(eval_data_config(load_trained(files[0]), root=str(root)))
     assert f"`DATA/{image.relative_to(root).as_posix()}`" in text
     assert "A tiny check." in text and "python scripts/paper_fig1.py" in text
-    # One comparison line per later file and measure, with its sampling error.
-    assert text.count("- rrnet20_gru against resnet20: higher at ") == 2 and "2 sigma" in text
+    # One comparison line per later model and measure, against the sampling error (one file each).
+    assert text.count("- rrnet20_gru against resnet20 (one file each): higher at ") == 2
+    assert "from the sampling error" in text and "from the seed spread" not in text
     assert Image.open(out / "fig1a-rrnet20_gru.png").size[0] > Image.open(out / "fig1a-resnet20.png").size[0]
+
+
+def test_several_files_of_a_model_are_its_seeds(fig1, runs, tmp_path):
+    root, files = runs
+    out = tmp_path / "fig1"
+    assert fig1.main([*map(str, files), "--root", str(root), "-o", str(out), "--max-images", "30",
+                      "--similarity-images", "12"]) == 0
+    # Fig. 1(a) once per model (its first file); every file probed and measured.
+    assert sorted(p.name for p in out.glob("fig1a-*.png")) == ["fig1a-resnet20.png", "fig1a-rrnet20_gru.png"]
+    probe = json.loads((out / "fig1b.json").read_text())
+    assert [r["model"] for r in probe] == ["resnet20", "rrnet20_gru"] * 2
+    text = (out / "README.md").read_text()
+    assert text.count("- rrnet20_gru against resnet20 (the mean of 2 files against the mean of 2): ") == 2
+    assert "from the seed spread" in text and "pairs" in text
+    assert "| resnet20 | 2 | " in text      # the similarity table: mean ± std over the files
+    # The comparison's numbers are the means of the files' own numbers.
+    head = {(r["model"], i): b["head_acc"] for i, r in enumerate(probe) for b in r["blocks"] if b["index"] == 9}
+    base = 100 * (head["resnet20", 0] + head["resnet20", 2]) / 2
+    assert f"vs {base:.1f}%" in text

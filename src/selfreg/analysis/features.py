@@ -324,9 +324,26 @@ def probe_blocks(trained, data_cfg, spec: str = "last3", limit: int = 5000, devi
                        data["test"].split, data_cfg.name)
 
 
+def group_by_model(models: list[str]) -> dict[str, list[int]]:
+    """Positions of each model name in `models`, in first-seen order: several files of one model
+    are its seeds."""
+    groups: dict[str, list[int]] = {}
+    for i, model in enumerate(models):
+        groups.setdefault(model, []).append(i)
+    return groups
+
+
+def accuracies_at(results: list[ProbeResult], pos: int, key: str) -> list[float]:
+    """`key` (probe_acc / head_acc) in % of each result's block `pos` from the last, where it exists."""
+    rows = [r.rows[-pos] for r in results if pos <= len(r.rows)]
+    return [100 * getattr(row, key) for row in rows if getattr(row, key) is not None]
+
+
 def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
-    """Fig. 1(b) as a chart: accuracy per block (x), one bar per checkpoint; left the model's own
-    pooling + classifier on that block (the paper's protocol), right the linear probe."""
+    """Fig. 1(b) as a chart: accuracy per block (x), one bar per model; left the model's own
+    pooling + classifier on that block (the paper's protocol), right the linear probe. Several
+    files of one model (seeds) make one bar at their mean, with each file as a dot and the sample
+    standard deviation as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,17 +355,23 @@ def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
               ("probe_acc", "linear probe on the pooled output")]
     panels = [(key, name) for key, name in panels
               if any(getattr(row, key) is not None for r in results for row in r.rows)]
-    width = 0.8 / len(results)
+    groups = group_by_model([r.model for r in results])
+    width = 0.8 / len(groups)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (key, name) in zip(axes[0], panels):
-        for i, r in enumerate(results):
-            xs, ys = [], []
+        for g, (model, members) in enumerate(groups.items()):
+            letters = ", ".join(chr(97 + i) for i in members)
+            label = f"{model} [{letters}]" + (f", mean of {len(members)}" if len(members) > 1 else "")
+            xs, ys, spreads = [], [], []
             for x, pos in enumerate(positions):
-                row = r.rows[-pos] if pos <= len(r.rows) else None
-                if row is not None and getattr(row, key) is not None:
-                    xs.append(x + (i - (len(results) - 1) / 2) * width)
-                    ys.append(100 * getattr(row, key))
-            bars = ax.bar(xs, ys, width, label=f"{r.model} [{chr(97 + i)}]")
+                values = accuracies_at([results[i] for i in members], pos, key)
+                if values:
+                    xs.append(x + (g - (len(groups) - 1) / 2) * width)
+                    ys.append(float(np.mean(values)))
+                    spreads.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+                    if len(values) > 1:
+                        ax.plot([xs[-1]] * len(values), values, "k.", markersize=3)
+            bars = ax.bar(xs, ys, width, label=label, yerr=spreads if len(members) > 1 else None, capsize=2)
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
         ax.set_xticks(range(depth), [_block_tick(results, pos) for pos in positions], fontsize=8)
         ax.set_ylabel(f"accuracy on {results[0].test_images} {results[0].test_split} images (%)", fontsize=8)
@@ -356,7 +379,7 @@ def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
         ax.set_title(name, fontsize=9)
     # One legend below both panels: inside a panel it would cover bars of ~90%.
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(results), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=len(groups), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
