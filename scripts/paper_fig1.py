@@ -44,6 +44,7 @@ from selfreg.analysis.features import (ProbeResult, accuracies_at, capture, feat
                                        select_blocks)
 from selfreg.data import build_dataset  # noqa: E402
 from selfreg.errors import UserError  # noqa: E402
+from selfreg.stats import difference  # noqa: E402
 from selfreg.use.evaluate import eval_data_config, eval_splits  # noqa: E402
 from selfreg.use.trained import load_trained  # noqa: E402
 
@@ -104,22 +105,22 @@ def sampling_error(acc: float, n: int) -> float:
     return 100 * math.sqrt(acc * (1 - acc) / n)
 
 
-def block_difference(base: list[ProbeResult], other: list[ProbeResult], pos: int, key: str) -> dict | None:
-    """Mean accuracy difference (points) of two models' block `pos` from the last, with its 2-sigma
-    uncertainty: from the files' spread (Welch) where both models have several files, else from
-    the binomial sampling error of each number alone."""
+def block_difference(base: list[ProbeResult], other: list[ProbeResult], pos: int, key: str) -> str | None:
+    """One block's accuracy, `other` model against `base`, in words. Several files a side: the
+    project's seed statistics (selfreg.stats: mean, whether the seeds overlap, Welch's p); one
+    file a side: the binomial sampling error of the two numbers, the only spread known."""
     a, b = accuracies_at(base, pos, key), accuracies_at(other, pos, key)
     if not a or not b:
         return None
-    if len(a) > 1 and len(b) > 1:
-        sigma, source = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)), "seeds"
-    else:
-        sigma = math.hypot(sampling_error(np.mean(a) / 100, base[0].test_images),
-                           sampling_error(np.mean(b) / 100, other[0].test_images))
-        source = "sampling"
-    return {"block": other[0].rows[-pos].block.index, "base": float(np.mean(a)), "other": float(np.mean(b)),
-            "diff": float(np.mean(b) - np.mean(a)), "two_sigma": 2 * sigma, "from": source,
-            "other_higher": sum(x > y for x, y in zip(b, a)), "pairs": min(len(a), len(b))}
+    d = difference(a, b)
+    words = f"block {other[0].rows[-pos].block.index}: {np.mean(b):.1f}% vs {np.mean(a):.1f}%, {d.mean:+.1f} points"
+    if d.p_value is not None:
+        apart = "the seeds do not overlap" if d.separated else "the seeds overlap"
+        return f"{words} ({apart}, Welch p = {d.p_value:.2g})"
+    two_sigma = 2 * math.hypot(sampling_error(np.mean(a) / 100, base[0].test_images),
+                               sampling_error(np.mean(b) / 100, other[0].test_images))
+    beyond = "beyond" if abs(d.mean) > two_sigma else "within"
+    return f"{words} ({beyond} 2 sigma of sampling error, {two_sigma:.1f})"
 
 
 def compare_lines(results: list[ProbeResult], key: str) -> list[str]:
@@ -128,20 +129,11 @@ def compare_lines(results: list[ProbeResult], key: str) -> list[str]:
     base, lines = groups[0], []
     for other in groups[1:]:
         depth = min(len(base[0].rows), len(other[0].rows))
-        diffs = [d for pos in range(depth, 0, -1) if (d := block_difference(base, other, pos, key)) is not None]
-        if not diffs:
-            continue
-        of = f"the mean of {len(other)} files against the mean of {len(base)}" if len(other) > 1 else "one file each"
-        parts = []
-        for d in diffs:
-            beyond = " (beyond 2 sigma)" if abs(d["diff"]) > d["two_sigma"] else ""
-            paired = f"; higher in {d['other_higher']} of {d['pairs']} pairs" if d["pairs"] > 1 else ""
-            parts.append(f"block {d['block']}: {d['other']:.1f}% vs {d['base']:.1f}%, {d['diff']:+.1f} points, "
-                         f"2 sigma {d['two_sigma']:.1f} from the {'seed spread' if d['from'] == 'seeds' else 'sampling error'}"
-                         f"{beyond}{paired}")
-        higher = sum(d["diff"] > 0 for d in diffs)
-        lines.append(f"- {other[0].model} against {base[0].model} ({of}): higher at {higher} of {len(diffs)} "
-                     "blocks; " + "; ".join(parts) + ".")
+        parts = [w for pos in range(depth, 0, -1) if (w := block_difference(base, other, pos, key)) is not None]
+        if parts:
+            of = (f"the mean of {len(other)} files against the mean of {len(base)}" if len(other) > 1 or len(base) > 1
+                  else "one file each")
+            lines.append(f"- {other[0].model} against {base[0].model} ({of}): " + "; ".join(parts) + ".")
     return lines
 
 
@@ -223,7 +215,8 @@ def readme(args, image: Path, image_class: str | None, shown: list, predicted: d
         f"of one number is about {sampling_error(0.7, n):.1f} points at 70% and {sampling_error(0.9, n):.1f} at 90% "
         "(1 sigma)"
         + ("; where a model has several files, the chart shows their mean, each file as a dot and the sample "
-           "standard deviation, and the comparisons below use that spread." if several else "; one file per "
+           "standard deviation, and the comparisons below say whether the files' values overlap and give Welch's "
+           "p (with three seeds a side, neither is strong evidence)." if several else "; one file per "
            "model says nothing of the spread between seeds, which can be larger."),
         "",
         "![Fig. 1(b)](fig1b.png)",

@@ -81,8 +81,8 @@ def test_writes_figures_numbers_and_readme(fig1, runs, tmp_path):
     assert f"`DATA/{image.relative_to(root).as_posix()}`" in text
     assert "A tiny check." in text and "python scripts/paper_fig1.py" in text
     # One comparison line per later model and measure, against the sampling error (one file each).
-    assert text.count("- rrnet20_gru against resnet20 (one file each): higher at ") == 2
-    assert "from the sampling error" in text and "from the seed spread" not in text
+    assert text.count("- rrnet20_gru against resnet20 (one file each): block 7: ") == 2
+    assert "2 sigma of sampling error" in text and "Welch" not in text
     assert Image.open(out / "fig1a-rrnet20_gru.png").size[0] > Image.open(out / "fig1a-resnet20.png").size[0]
 
 
@@ -97,7 +97,7 @@ def test_several_files_of_a_model_are_its_seeds(fig1, runs, tmp_path):
     assert [r["model"] for r in probe] == ["resnet20", "rrnet20_gru"] * 2
     text = (out / "README.md").read_text()
     assert text.count("- rrnet20_gru against resnet20 (the mean of 2 files against the mean of 2): ") == 2
-    assert "from the seed spread" in text and "pairs" in text
+    assert "Welch p = " in text and "sampling error," not in text
     assert "| resnet20 | 2 | " in text      # the similarity table: mean ± std over the files
     # The comparison's numbers are the means of the files' own numbers.
     head = {(r["model"], i): b["head_acc"] for i, r in enumerate(probe) for b in r["blocks"] if b["index"] == 9}
