@@ -15,9 +15,11 @@ For every finished run of the sweep (summary.json written), in the sweep's order
    (benchmarks/reeval_pretrained.py measures the same way) in the memory layout the run measured
    in (its summary's speed.channels_last, kept in the manifest entry) and must give the run's own
    final validation accuracy, image for image; otherwise nothing is written for that run.
-4. manifest: the file's entry (tag <tag>-s<seed>; the --default-seed run also answers to <tag>
-   and is the model's default) replaces any older entry of that model and tag in
-   WEIGHTS/manifest.json.
+4. manifest: the file's entry (tag <tag>-s<seed>; the --default-seed run also answers to <tag>)
+   replaces any older entry of that model and tag in WEIGHTS/manifest.json. The --default-seed
+   file is the model's default (`pretrained=True`) when the model has none from another tag, or
+   with --take-default, which takes it from the other tag (issue #26: the paper-recipe weights
+   take it from the budget weights, which keep their tags and alias).
 5. checks: the run's final checkpoint's logits on a fixed input (REFERENCE_INPUT) go to
    tests/data/pretrained_logits.json, so the tests can show that each shipped file is that
    checkpoint without the checkpoint (or any data) at hand.
@@ -111,8 +113,19 @@ def reference_logits(trained) -> list[list[float]]:
         return trained.model.eval()(reference_input(trained.in_chans, (h, w))).tolist()
 
 
+def takes_default(manifest: dict, model: str, tag: str, take_default: bool) -> bool:
+    """Whether the default seed's file of `tag` becomes `model`'s `pretrained=True`: when asked
+    (the other entries of the model then lose it), or when no other tag of the model has it."""
+    others = [key for key, e in manifest.items() if key[0] == model and not e["tag"].startswith(f"{tag}-")]
+    if take_default:
+        for key in others:
+            manifest[key] = {**manifest[key], "default": False}
+        return True
+    return not any(manifest[key]["default"] for key in others)
+
+
 def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: int,
-            weights: Path, logits_file: Path = LOGITS, log=print) -> list[dict]:
+            weights: Path, logits_file: Path = LOGITS, log=print, take_default: bool = False) -> list[dict]:
     """Steps 1-5 of the module's docstring for every finished run; the manifest's entries."""
     runs = finished_runs(sweep)
     record = yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}
@@ -134,9 +147,10 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
             path.unlink()
             raise UserError(f"{path.name}: selfreg eval measures {100 * top1:.2f}% on val, the run's final "
                             f"validation accuracy was {100 * summary['final_val_acc']:.2f}%; not published")
-        default = run["seed"] == default_seed
+        named = run["seed"] == default_seed
+        default = named and takes_default(manifest, model, tag, take_default)
         entry = pretrained.make_entry(path, seed_tag, top1, rerun_command(record, run),
-                                      aliases=[tag] if default else [], default=default,
+                                      aliases=[tag] if named else [], default=default,
                                       channels_last=channels_last)
         manifest[(model, seed_tag)] = entry
         logits[f"{model}:{seed_tag}"] = reference_logits(trained)
@@ -178,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, required=True, metavar="DIR", help="e.g. docs/results/table3-budget")
     p.add_argument("--tag", required=True, help="weights tag; each file is TAG-s<seed>")
     p.add_argument("--default-seed", type=int, default=0, help="the seed whose file TAG names (default 0)")
+    p.add_argument("--take-default", action="store_true",
+                   help="make that file its model's pretrained=True, in place of another tag's (by default "
+                        "it becomes so only for a model that has none)")
     args = p.parse_args(argv)
     try:
         entries = publish(args.sweep.expanduser(), args.data, args.results, args.tag, args.default_seed,
-                          pretrained.weights_dir())
+                          pretrained.weights_dir(), take_default=args.take_default)
     except UserError as exc:
         print(f"publish_runs: error: {exc}", file=sys.stderr)
         return 2
