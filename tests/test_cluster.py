@@ -108,12 +108,17 @@ def release(job_id: str) -> None:
 
     The job writes its record "requeued" before it calls `scontrol requeue`, so this waits until
     SLURM shows the job pending again (an update of a job still running would be lost, and the
-    test would wait out the two minutes)."""
+    test would wait out the two minutes), then two seconds more (below)."""
     def pending() -> bool:
         done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
         return done.stdout.strip() == "PENDING"
 
     wait_until(pending, 60, f"job {job_id} to be pending again", poll=0.2)
+    # slurmd revokes the requeued instance's credential and refuses a new one created within the
+    # same second ("Killing non-startable batch JobId: Job credential revoked": the job then ends
+    # failed, unrequeued, and the test waits in vain; seen once in a fresh-clone run). Let that
+    # second pass before the job may start again.
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=20)
 
 
