@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from procs import REPO, selfreg, selfreg_in_process
+from selfreg.launch import slurm_state
 from selfreg.train.checkpoint import load_checkpoint
 
 pytest.importorskip("submitit")
@@ -180,8 +181,12 @@ def test_slurm_sigterm_mid_epoch_requeues_and_resumes_exactly(slurm, tmp_path):
     status = status_of(out).stdout
     assert "requeued 1x" in status, status
     release(job_id)
-    wait_until(lambda: record(out, "0.1-s0").get("state") in ("finished", "failed"), 400, "the requeued job")
-    assert record(out, "0.1-s0")["state"] == "finished" and record(out, "0.1-s0")["starts"] == 2
+    # Done when the record says so, or when SLURM no longer holds the job (one that dies before it
+    # starts never writes its record): then fail at once, with --status's line, not 400 s later.
+    wait_until(lambda: record(out, "0.1-s0").get("state") in ("finished", "failed") or slurm_state(job_id) is None,
+               400, "the requeued job")
+    assert record(out, "0.1-s0")["state"] == "finished", status_of(out).stdout
+    assert record(out, "0.1-s0")["starts"] == 2
     here = tmp_path / "here"
     assert selfreg_in_process("sweep", path, "-o", here).returncode == 0
     assert metrics(here / "0.1" / "s0") == metrics(run)
