@@ -220,6 +220,31 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_disk_full_while_copying_best_keeps_the_previous_one(tmp_path, monkeypatch):
+    """best.pt is a hard link to last.pt; where the file system has none it is copied, and a full
+    disk during that copy is the same one line, with the previous best.pt intact and no temp file."""
+    from selfreg import weightfiles
+
+    save_checkpoint({"model": {"w": torch.ones(3)}}, tmp_path / "last.pt")
+    weightfiles.link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    save_checkpoint({"model": {"w": torch.zeros(3)}}, tmp_path / "last.pt")
+    good = (tmp_path / "best.pt").read_bytes()
+
+    def no_hard_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def full_disk(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(weightfiles.os, "link", no_hard_links)
+    monkeypatch.setattr(weightfiles.shutil, "copyfile", full_disk)
+    with pytest.raises(UserError, match=f"no space left on {tmp_path} while writing best.pt; the previous"):
+        weightfiles.link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
 def test_disk_full_in_a_run_is_one_line(tmp_path, capsys, monkeypatch):
     def full_disk(obj, f):
         raise OSError(errno.ENOSPC, "No space left on device")
