@@ -29,8 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def resolve(commit: str) -> str:
-    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SystemExit("commits_agree: error: git is not installed; it reads the commits") from None
     if proc.returncode != 0:
         raise SystemExit(f"commits_agree: error: {commit!r} is not a commit of {REPO}")
     return proc.stdout.strip()

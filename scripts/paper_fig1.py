@@ -44,7 +44,7 @@ from selfreg.analysis.features import (ProbeResult, accuracies_at, capture, feat
                                        select_blocks)
 from selfreg.data import build_dataset  # noqa: E402
 from selfreg.errors import UserError  # noqa: E402
-from selfreg.stats import difference  # noqa: E402
+from selfreg.stats import difference, mean_std  # noqa: E402
 from selfreg.use.evaluate import eval_data_config, eval_splits  # noqa: E402
 from selfreg.use.trained import load_trained  # noqa: E402
 
@@ -113,12 +113,13 @@ def block_difference(base: list[ProbeResult], other: list[ProbeResult], pos: int
     if not a or not b:
         return None
     d = difference(a, b)
-    words = f"block {other[0].rows[-pos].block.index}: {np.mean(b):.1f}% vs {np.mean(a):.1f}%, {d.mean:+.1f} points"
+    (mean_a, _), (mean_b, _) = mean_std(a), mean_std(b)
+    words = f"block {other[0].rows[-pos].block.index}: {mean_b:.1f}% vs {mean_a:.1f}%, {d.mean:+.1f} points"
     if d.p_value is not None:
         apart = "the seeds do not overlap" if d.separated else "the seeds overlap"
         return f"{words} ({apart}, Welch p = {d.p_value:.2g})"
-    two_sigma = 2 * math.hypot(sampling_error(np.mean(a) / 100, base[0].test_images),
-                               sampling_error(np.mean(b) / 100, other[0].test_images))
+    two_sigma = 2 * math.hypot(sampling_error(mean_a / 100, base[0].test_images),
+                               sampling_error(mean_b / 100, other[0].test_images))
     beyond = "beyond" if abs(d.mean) > two_sigma else "within"
     return f"{words} ({beyond} 2 sigma of sampling error, {two_sigma:.1f})"
 
@@ -138,6 +139,9 @@ def compare_lines(results: list[ProbeResult], key: str) -> list[str]:
 
 
 def git_commit() -> str:
+    """The commit of the code that made the figure, dirty when src/ or scripts/ have uncommitted
+    changes. Not provenance.git_state: that counts the whole tree, and this script's own output
+    (a results folder being rewritten) would always make it dirty."""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -153,16 +157,12 @@ def similarity_rows(similarity: list[dict]) -> list[str]:
     pairs = similarity[0]["pairs"]
     lines = ["| model | files | " + " | ".join(f"O^{p['blocks'][0]} vs O^{p['blocks'][1]}" for p in pairs) + " |",
              "| --- | --- | " + " | ".join("---" for _ in pairs) + " |"]
-    by_model: dict[str, list[dict]] = {}
-    for entry in similarity:
-        by_model.setdefault(entry["model"], []).append(entry)
-    for model, entries in by_model.items():
+    for model, members in group_by_model([e["model"] for e in similarity]).items():
         cells = []
         for i in range(len(pairs)):
-            values = [e["pairs"][i]["cosine"] for e in entries]
-            spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.3f}{spread}")
-        lines.append(f"| {model} | {len(entries)} | " + " | ".join(cells) + " |")
+            mean, std = mean_std(similarity[m]["pairs"][i]["cosine"] for m in members)
+            cells.append(f"{mean:.3f}" + (f" ± {std:.3f}" if len(members) > 1 else ""))
+        lines.append(f"| {model} | {len(members)} | " + " | ".join(cells) + " |")
     return lines
 
 

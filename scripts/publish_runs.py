@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -113,10 +114,16 @@ def reference_logits(trained) -> list[list[float]]:
         return trained.model.eval()(reference_input(trained.in_chans, (h, w))).tolist()
 
 
+def of_tag(entry_tag: str, tag: str) -> bool:
+    """Whether a manifest entry's tag is one of `tag`'s files (TAG-s<seed>): not a prefix test,
+    which would count cifar10-paper-s0 as a file of cifar10."""
+    return re.fullmatch(rf"{re.escape(tag)}-s\d+", entry_tag) is not None
+
+
 def takes_default(manifest: dict, model: str, tag: str, take_default: bool) -> bool:
     """Whether the default seed's file of `tag` becomes `model`'s `pretrained=True`: when asked
     (the other entries of the model then lose it), or when no other tag of the model has it."""
-    others = [key for key, e in manifest.items() if key[0] == model and not e["tag"].startswith(f"{tag}-")]
+    others = [key for key, e in manifest.items() if key[0] == model and not of_tag(e["tag"], tag)]
     if take_default:
         for key in others:
             manifest[key] = {**manifest[key], "default": False}
@@ -161,7 +168,7 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
     pretrained.write_manifest(entries, weights)
     logits_file.parent.mkdir(parents=True, exist_ok=True)
     logits_file.write_text(json.dumps(logits, indent=1, sort_keys=True) + "\n")
-    write_weights_table(results / "weights.md", [e for e in entries if e["tag"].startswith(f"{tag}-")], weights, tag)
+    write_weights_table(results / "weights.md", [e for e in entries if of_tag(e["tag"], tag)], weights, tag)
     return entries
 
 

@@ -130,7 +130,8 @@ def test_a_file_that_disagrees_with_its_run_is_not_published(publish_runs, sweep
 def test_a_second_tag_takes_the_default_only_when_asked(publish_runs, sweep, tmp_path):
     """Issue #26: the paper-recipe weights (a second tag of the same model) become what
     `pretrained=True` loads, and the budget weights keep their tags and alias. Publishing a tag
-    again without --take-default leaves the default where it is."""
+    again without --take-default leaves the default where it is. The tags share a prefix, as
+    cifar10 and cifar10-paper would: a tag's files are TAG-s<seed>, not every tag starting TAG-."""
     weights, logits = tmp_path / "w", tmp_path / "l.json"
 
     def publish(tag, take_default=False):
@@ -139,12 +140,12 @@ def test_a_second_tag_takes_the_default_only_when_asked(publish_runs, sweep, tmp
         return {w.tag: (w.default, list(w.aliases)) for w in pretrained.load_manifest(weights)}
 
     # The first tag of a model takes the default, asked or not (it has none yet).
-    assert publish("budget") == {"budget-s0": (True, ["budget"]), "budget-s1": (False, [])}
+    assert publish("c10") == {"c10-s0": (True, ["c10"]), "c10-s1": (False, [])}
     # A second tag: beside it, the default stays; asked, it moves.
-    assert publish("paper")["budget-s0"] == (True, ["budget"])
-    assert publish("paper", take_default=True) == {
-        "budget-s0": (False, ["budget"]), "budget-s1": (False, []),
-        "paper-s0": (True, ["paper"]), "paper-s1": (False, [])}
+    assert publish("c10-paper")["c10-s0"] == (True, ["c10"])
+    assert publish("c10-paper", take_default=True) == {
+        "c10-s0": (False, ["c10"]), "c10-s1": (False, []),
+        "c10-paper-s0": (True, ["c10-paper"]), "c10-paper-s1": (False, [])}
     # Publishing the budget sweep again (new runs, a fixed report) does not take it back.
-    assert publish("budget")["paper-s0"] == (True, ["paper"])
-    assert pretrained.resolve("resnet20", True, weights).tag == "paper-s0"
+    assert publish("c10")["c10-paper-s0"] == (True, ["c10-paper"])
+    assert pretrained.resolve("resnet20", True, weights).tag == "c10-paper-s0"

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..layers.taps import record_outputs
+from ..stats import mean_std
 from ..data.images import BadImage
 from ..use.evaluate import eval_splits
 from ..use.predict import load_input
@@ -339,7 +340,7 @@ def accuracies_at(results: list[ProbeResult], pos: int, key: str) -> list[float]
     return [100 * getattr(row, key) for row in rows if getattr(row, key) is not None]
 
 
-def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
+def plot_probe(results: list[ProbeResult], path) -> None:
     """Fig. 1(b) as a chart: accuracy per block (x), one bar per model; left the model's own
     pooling + classifier on that block (the paper's protocol), right the linear probe. Several
     files of one model (seeds) make one bar at their mean, with each file as a dot and the sample
@@ -366,9 +367,10 @@ def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
             for x, pos in enumerate(positions):
                 values = accuracies_at([results[i] for i in members], pos, key)
                 if values:
+                    mean, std = mean_std(values)
                     xs.append(x + (g - (len(groups) - 1) / 2) * width)
-                    ys.append(float(np.mean(values)))
-                    spreads.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+                    ys.append(mean)
+                    spreads.append(std)
                     if len(values) > 1:
                         ax.plot([xs[-1]] * len(values), values, "k.", markersize=3)
             bars = ax.bar(xs, ys, width, label=label, yerr=spreads if len(members) > 1 else None, capsize=2)
@@ -380,8 +382,6 @@ def plot_probe(results: list[ProbeResult], path, title: str = "") -> None:
     # One legend below both panels: inside a panel it would cover bars of ~90%.
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(groups), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
