@@ -43,7 +43,7 @@ from selfreg.analysis.features import (ProbeResult, accuracies_at, capture, feat
                                        find_blocks, group_by_model, plot_probe, probe_blocks, probe_table,
                                        select_blocks)
 from selfreg.data import build_dataset  # noqa: E402
-from selfreg.errors import UserError  # noqa: E402
+from selfreg.errors import UserError, output_folder  # noqa: E402
 from selfreg.stats import difference, mean_std  # noqa: E402
 from selfreg.use.evaluate import eval_data_config, eval_splits  # noqa: E402
 from selfreg.use.trained import load_trained  # noqa: E402
@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--similarity-images", type=int, default=1000)
     parser.add_argument("--note", help="a paragraph for the README, after the command")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "choose another -o or fix its permissions")
 
     trained = [load_trained(w) for w in args.weights]
     data_cfgs = [eval_data_config(t, root=args.root) for t in trained]

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from selfreg import pretrained  # noqa: E402
-from selfreg.errors import UserError  # noqa: E402
+from selfreg.errors import UserError, check_writable  # noqa: E402
 from selfreg.sweep import write_record  # noqa: E402
 
 RESULT_FILES = ("config.yaml", "summary.json", "metrics.csv", "speed.json", "provenance.json")
@@ -138,6 +138,7 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
     record = yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}
     if not runs:
         raise UserError(f"no finished run under {sweep} yet (no summary.json)")
+    check_writable(results, "choose another --results or fix its permissions")   # before minutes of evaluation
     old = pretrained.load_manifest(weights) if (weights / pretrained.MANIFEST).is_file() else []
     manifest = {(w.model, w.tag): w.to_dict() for w in old}
     logits = json.loads(logits_file.read_text()) if logits_file.is_file() else {}

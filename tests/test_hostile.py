@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import dataset_writers as w
 from selfreg import create_model
@@ -192,6 +193,20 @@ def test_unwritable_output_folder_fails_before_the_data_is_read(tmp_path, capsys
     code = main(["train", "configs/demo.yaml", f"train.out_dir={tmp_path / 'a_file' / 'runs'}",
                  "data.name=folder", f"data.root={tmp_path / 'missing'}"])
     one_line_error(code, capsys, "a_file", "train.out_dir")
+
+
+@pytest.mark.parametrize("command, option", [
+    (["report", "{run}/..", "-o", "{blocked}/report.md"], "-o"),
+    (["probe", "{run}/checkpoints/last.pt", "--plot", "{blocked}/probe.png"], "--plot"),
+    (["probe", "{run}/checkpoints/last.pt", "-o", "{blocked}/probe.json"], "-o"),
+    (["features", "{run}/checkpoints/last.pt", "{image}", "-o", "{blocked}/f.png"], "-o"),
+])
+def test_an_output_path_under_a_file_is_one_line_before_any_work(trained, tmp_path, capsys, command, option):
+    (tmp_path / "a_file").write_text("x")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
+    names = {"run": trained, "blocked": tmp_path / "a_file" / "out", "image": image}
+    one_line_error(main([part.format(**names) for part in command]), capsys, "a_file", option)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")

@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import load_script
 from selfreg.config import load_config
 from selfreg.data import build_dataset
+from selfreg.errors import UserError
 from selfreg.train.engine import fit
 from selfreg.use import load_trained
 from selfreg.use.evaluate import eval_data_config
@@ -103,3 +104,10 @@ def test_several_files_of_a_model_are_its_seeds(fig1, runs, tmp_path):
     head = {(r["model"], i): b["head_acc"] for i, r in enumerate(probe) for b in r["blocks"] if b["index"] == 9}
     base = 100 * (head["resnet20", 0] + head["resnet20", 2]) / 2
     assert f"vs {base:.1f}%" in text
+
+
+def test_an_output_folder_under_a_file_is_one_line(fig1, runs, tmp_path):
+    root, files = runs
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file is a file, not a folder; choose another -o"):
+        fig1.main([str(files[0]), "--root", str(root), "-o", str(tmp_path / "a_file" / "fig1")])

@@ -120,6 +120,14 @@ def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):
         publish_runs.publish(tmp_path, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
 
 
+def test_results_under_a_file_fail_before_anything_is_evaluated(publish_runs, sweep, tmp_path, monkeypatch):
+    monkeypatch.setattr(publish_runs, "measured_accuracy", lambda *a: pytest.fail("evaluated before the check"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file is a file, not a folder; choose another --results"):
+        publish_runs.publish(sweep, "unused", tmp_path / "a_file" / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_file_that_disagrees_with_its_run_is_not_published(publish_runs, sweep, tmp_path, monkeypatch):
     monkeypatch.setattr(publish_runs, "measured_accuracy", lambda path, root, channels_last: (0.0, 32))
     with pytest.raises(UserError, match="selfreg eval measures 0.00% on val.*not published"):

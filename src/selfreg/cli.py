@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
+from .errors import UserError, output_folder
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -265,7 +265,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     at_least("--channels", args.channels, 0)
     trained = load_trained(args.checkpoint, device=pick_device(args.device))
     out = Path(args.out) if args.out else run_dir_of(trained.source) / "features" / f"{Path(args.image).stem}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(out.parent, "choose another -o or fix its permissions")
     blocks, _ = feature_figure(trained, args.image, args.blocks, out, channels=args.channels)
     for b in blocks:
         print(f"block {b.label}: {', '.join(sorted(b.taps))}")
@@ -283,6 +283,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .use.trained import load_trained, pick_device
 
     at_least("--max-images", args.max_images, 0)
+    for option, path in (("-o", args.out), ("--plot", args.plot)):
+        if path:    # before the probing, which takes minutes
+            output_folder(Path(path).parent, f"choose another {option} or fix its permissions")
     device = pick_device(args.device)
     # `selfreg probe A.pt B.pt [data.key=value ...]`: the items with "=" are overrides.
     overrides = [a for a in args.items if re.match(r"^[\w.]+=", a)]
@@ -296,11 +299,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         results.append(probe_blocks(trained, data_cfg, args.blocks, args.max_images, device))
     print(probe_table(results))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_probe(results, args.plot)
         print(f"wrote {args.plot}")
     return 0

@@ -32,7 +32,7 @@ import yaml
 from .. import provenance
 from ..complexity import count_macs, human
 from ..config import LOGGER_KEYS, TrainConfig, flatten
-from ..errors import UserError
+from ..errors import UserError, output_folder
 from ..factory import create_model, model_entry, sized_kwargs
 from ..stats import difference, mean_std
 from ..train.logging import read_metrics
@@ -521,8 +521,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     groups, record = collect(root, left_out)
     base = baseline_group(groups, baseline)          # before anything is written
     out = Path(out) if out else root / "report.md"
-    figures = out.parent / f"{out.stem}-figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    figures = output_folder(out.parent / f"{out.stem}-figures", "choose another -o or fix its permissions")
     metric = comparison_metric(groups)
     paper = record.get("paper") or {}
     has_paper = bool(paper.get("values"))
@@ -631,7 +630,6 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
              "digits of the data's fingerprint (sha256 of its files' names and sizes). Both from the run's "
              "provenance.json.")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(doc, out.parent))
     out.with_suffix(".html").write_text(to_html(doc, title))
     return out

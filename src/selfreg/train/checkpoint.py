@@ -5,41 +5,15 @@ Writing and reading the files (atomic save, weights-only load, one-line errors) 
 """
 from __future__ import annotations
 
-import errno
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-
-from ..errors import UserError
 from ..weightfiles import (FORMAT_VERSION, current_umask, link_checkpoint, load_checkpoint,  # noqa: F401
                            load_model_state, remove_stale_temp_files, save_checkpoint)
-
-
-def check_writable(folder: str | Path) -> None:
-    """Fail in one line, before any data is loaded, when `folder` cannot be created or written.
-
-    Tries a temporary file in `folder` or, when it does not exist yet, in its nearest
-    existing parent (nothing is left behind either way).
-    """
-    folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"cannot write run files under {folder}: {probe} is a file, not a folder; "
-                        "choose another train.out_dir")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__).lower()
-        raise UserError(f"cannot write run files under {folder} ({reason} on {probe}); "
-                        "choose another train.out_dir or fix its permissions") from None
 
 
 def rng_state() -> dict[str, Any]:

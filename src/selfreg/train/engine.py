@@ -36,7 +36,7 @@ from ..complexity import count_parameters
 from ..config import Config, changed_keys, flatten, load_config, refused_change, save_config
 from ..data import build_dataset, build_loaders
 from ..data.datasets import data_source
-from ..errors import UserError
+from ..errors import UserError, check_writable
 from ..factory import create_model, sized_kwargs
 from ..stats import mean_std
 from ..version import __version__
@@ -46,7 +46,7 @@ from .allocator import keep_freed_memory
 from .precision import make_autocast  # noqa: F401  (also the engine's API, e.g. benchmarks/framework_tax.py)
 from . import distributed as dist_utils
 from .bn import BNMomentum
-from .checkpoint import (check_writable, link_checkpoint, load_checkpoint, load_model_state, remove_stale_temp_files,
+from .checkpoint import (link_checkpoint, load_checkpoint, load_model_state, remove_stale_temp_files,
                          rng_state, save_checkpoint, set_rng_state)
 from .checks import check_config
 from .loggers import Loggers, RunInfo, logger_names
@@ -420,10 +420,10 @@ class Run:
         """The folders the run will write to, and the checkpoint it resumes from (None: none)."""
         if resume is not None:
             self.run_dir = Path(resume)
-            check_writable(self.run_dir)
+            check_writable(self.run_dir, "fix the run folder's permissions or free space on it")
             return self._checkpoint_to_resume(device=self.ctx.device)
         if self.ctx.is_main:
-            check_writable(Path(self.cfg.train.out_dir))
+            check_writable(Path(self.cfg.train.out_dir), "choose another train.out_dir or fix its permissions")
         return None
 
     def _set_process_options(self) -> None:
