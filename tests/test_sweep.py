@@ -203,6 +203,15 @@ def test_difference_against_a_baseline(base, other, mean, separated, beyond):
     assert 0 < d.p_value <= 1
 
 
+@pytest.mark.filterwarnings("error")
+def test_difference_of_seeds_that_agree_exactly():
+    from selfreg.stats import difference
+
+    assert difference([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]).p_value is None    # no spread: no test
+    one_side = difference([0.1, 0.1, 0.1], [0.1, 0.2, 0.3])                  # and no warning
+    assert one_side.p_value == pytest.approx(0.2254, abs=1e-4)
+
+
 def test_difference_with_one_seed_has_no_p_value():
     from selfreg.stats import difference
 

@@ -6,6 +6,7 @@ best run.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -51,9 +52,14 @@ def difference(base: Iterable[float], other: Iterable[float]) -> Difference | No
     (mb, sb), (mo, so) = mean_std(base), mean_std(other)
     separated = bool(other.max() < base.min() or other.min() > base.max())
     p_value = None
-    if len(base) > 1 and len(other) > 1:
+    # Welch's t needs some spread: when every seed of both sides gives the same value, there is no p.
+    if len(base) > 1 and len(other) > 1 and (np.ptp(base) > 0 or np.ptp(other) > 0):
         from scipy.stats import ttest_ind   # scipy comes with scikit-learn, a dependency
 
-        p = ttest_ind(other, base, equal_var=False).pvalue
+        with warnings.catch_warnings():
+            # A side whose seeds agree exactly makes scipy warn of "precision loss" in its variance,
+            # which is 0 as it should be; the test is still defined by the other side's spread.
+            warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+            p = ttest_ind(other, base, equal_var=False).pvalue
         p_value = float(p) if np.isfinite(p) else None
     return Difference(mo - mb, sb, so, len(base), len(other), separated, p_value)
