@@ -290,6 +290,7 @@ def test_report_warns_when_runs_differ_in_source_or_data(tmp_path):
     text = build_report(tmp_path / "runs").read_text()
     top = text.split("## Results")[0]
     assert "2 different source trees: aaaaaaa (1 run), bbbbbbb+dirty:cccccc (1 run)" in top
+    assert "scripts/commits_agree.py" in top      # the measurement that answers the warning
     assert "1 run of 2 ran from a source tree with uncommitted changes" in top
     assert "the runs on digits read different data (fingerprints 11111111 (1 run), 22222222 (1 run))" in top
     assert "| aaaaaaa | 11111111 |" in text and "| bbbbbbb dirty | 22222222 |" in text

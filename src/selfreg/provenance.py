@@ -391,7 +391,9 @@ def consistency_warnings(records: list[dict | None]) -> list[str]:
     if len(trees) > 1:
         lines.append(f"**Warning**: these runs come from {len(trees)} different source trees: "
                      + ", ".join(f"{k} ({_runs(n)})" for k, n in trees.items())
-                     + "; differences between them may come from the code, not the configuration.")
+                     + "; differences between them may come from the code, not the configuration "
+                     "(scripts/commits_agree.py in a selfreg checkout measures whether two commits train the "
+                     "same run).")
     dirty = sum(any(s.get("dirty") for s in sessions(r)) for r in known)
     if dirty:
         lines.append(f"**Warning**: {_runs(dirty)} of {len(records)} ran from a source tree with uncommitted "
