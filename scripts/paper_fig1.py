@@ -166,6 +166,23 @@ def similarity_rows(similarity: list[dict]) -> list[str]:
     return lines
 
 
+def accuracy_rows(results: list[ProbeResult]) -> list[str]:
+    """Markdown table: per model the head and probe accuracy of each block (± std over its files)."""
+    depth = min(len(r.rows) for r in results)
+    blocks = [results[0].rows[-pos].block.index for pos in range(depth, 0, -1)]
+    lines = ["| model | files | " + " | ".join(f"{key} #{b}" for key in ("head", "probe") for b in blocks) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in range(2 * depth)) + " |"]
+    for model, members in group_by_model([r.model for r in results]).items():
+        cells = []
+        for key in ("head_acc", "probe_acc"):
+            for pos in range(depth, 0, -1):
+                values = accuracies_at([results[m] for m in members], pos, key)
+                mean, std = mean_std(values) or (None, None)
+                cells.append("-" if mean is None else f"{mean:.1f}%" + (f" ± {std:.1f}" if len(values) > 1 else ""))
+        lines.append(f"| {model} | {len(members)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def readme(args, image: Path, image_class: str | None, shown: list, predicted: dict, results: list[ProbeResult],
            similarity: list[dict]) -> str:
     n, split = results[0].test_images, results[0].test_split
@@ -221,9 +238,15 @@ def readme(args, image: Path, image_class: str | None, shown: list, predicted: d
         "",
         "![Fig. 1(b)](fig1b.png)",
         "",
+        *accuracy_rows(results),
+        "",
+        "<details><summary>Each file, as <code>selfreg probe</code> prints it</summary>",
+        "",
         "```",
         probe_table(results),
         "```",
+        "",
+        "</details>",
         "",
         "The paper's claim, the model's own head (its protocol):",
         "",

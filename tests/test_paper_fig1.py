@@ -100,6 +100,10 @@ def test_several_files_of_a_model_are_its_seeds(fig1, runs, tmp_path):
     assert text.count("- rrnet20_gru against resnet20 (the mean of 2 files against the mean of 2): ") == 2
     assert "Welch p = " in text and "sampling error," not in text
     assert "| resnet20 | 2 | " in text      # the similarity table: mean ± std over the files
+    # The accuracy table: one row per model, each cell the mean ± std of its files.
+    row = next(line for line in text.splitlines() if line.startswith("| rrnet20_gru | 2 | ") and "%" in line)
+    head9 = [100 * b["head_acc"] for i in (1, 3) for b in probe[i]["blocks"] if b["index"] == 9]
+    assert row.split(" | ")[4] == f"{sum(head9) / 2:.1f}% ± {abs(head9[0] - head9[1]) / 2 ** 0.5:.1f}"
     # The comparison's numbers are the means of the files' own numbers.
     head = {(r["model"], i): b["head_acc"] for i, r in enumerate(probe) for b in r["blocks"] if b["index"] == 9}
     base = 100 * (head["resnet20", 0] + head["resnet20", 2]) / 2
