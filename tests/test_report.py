@@ -175,7 +175,7 @@ def test_configurations_on_different_datasets_are_flagged_and_not_compared(seeds
     assert ("**Different datasets**: folder (/data/cifar10-jpeg): cifar-resnet20, cifar-resnet32; "
             "digits: digits-resnet20, digits-resnet32. Errors on different datasets are not comparable") in text
     lines = against_lines(build_report(root, tmp_path / "rep" / "report.md", baseline="digits-resnet20").read_text())
-    spread = " (1 / 1 seeds: the seed-to-seed spread is not known yet), at +"
+    spread = " (1 / 1 seeds: the seed-to-seed spread is not known yet"
     assert [line.split(spread)[0] for line in lines] == [
         "- cifar-resnet20: on folder (/data/cifar10-jpeg), digits-resnet20 on digits: different datasets, "
         "not comparable; the reference for cifar-resnet32.",
@@ -274,3 +274,40 @@ def test_top5_errors_beside_top1_only_when_recorded(seeds_dir, tmp_path):
     best = json.loads((root / "resnet32" / "summary.json").read_text())["best_val_acc"]
     assert resnet32.split(" | ")[7:12] == ["60.00", f"{100 * (1 - best):.2f}", "55.00", "80.00", "30.00"]
     assert [resnet20.split(" | ")[i] for i in (7, 9, 10, 11)] == ["-", "-", "-", "-"]
+
+
+# ---------------------------------------------------------------------------------------
+# 6. One seed a side: the sampling error of the validation images is the spread that is known
+
+def one_seed_pair(seeds_dir, root, shift, **base_summary):
+    clone(seeds_dir / "s0", root / "resnet20", summary=base_summary or None)
+    clone(seeds_dir / "s0", root / "resnet32", config={"model.name": "resnet32"},
+          summary={**base_summary, "final_val_acc": acc(seeds_dir / "s0") + shift})
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.0, "within"), (0.3, "beyond")])
+def test_one_seed_a_side_gives_the_sampling_error_of_the_difference(seeds_dir, tmp_path, shift, verdict):
+    root = tmp_path / "runs"
+    one_seed_pair(seeds_dir, root, shift)
+    n = json.loads((seeds_dir / "s0" / "summary.json").read_text())["val_images"]
+    p_a, p_b = acc(seeds_dir / "s0"), acc(seeds_dir / "s0") + shift
+    sigma = 100 * ((p_a * (1 - p_a) + p_b * (1 - p_b)) / n) ** 0.5
+    (line,) = against_lines(build_report(root, tmp_path / "rep" / "report.md").read_text())
+    assert (f"(1 / 1 seeds: the seed-to-seed spread is not known yet; the sampling error of the difference on "
+            f"{n:,} images is {sigma:.2f} points (1 sigma), so this gap is {verdict} 2 sigma of it)") in line
+
+
+def test_runs_without_an_image_count_take_it_from_a_counted_val_fraction(seeds_dir, tmp_path):
+    """Runs made before summary.json recorded val_images: data.val_fraction, when it is a count."""
+    root = tmp_path / "runs"
+    one_seed_pair(seeds_dir, root, 0.01, val_images=None)
+    for run in (root / "resnet20", root / "resnet32"):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["data"]["val_fraction"] = 5000
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "the sampling error of the difference on 5,000 images" in build_report(root, tmp_path / "r.md").read_text()
+    for run in (root / "resnet20", root / "resnet32"):      # a fraction: the count is not known
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["data"]["val_fraction"] = 0.1
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "sampling error" not in build_report(root, tmp_path / "r.md").read_text()

@@ -56,6 +56,16 @@ class RunRecord:
     def minutes(self) -> float:
         return sum(r.get("seconds", 0.0) for r in self.rows) / 60
 
+    def images(self, key: str) -> int | None:
+        """The number of images behind `key` (final_val_acc, test_acc...): the summary's count, or for
+        runs from before it was recorded, data.val_fraction when that is a count of validation images."""
+        split = "test" if key.startswith("test") else "val"
+        count = (self.summary or {}).get(f"{split}_images")
+        if count is None and split == "val":
+            fraction = (self.config.get("data") or {}).get("val_fraction")
+            count = int(fraction) if isinstance(fraction, (int, float)) and fraction >= 1 else None
+        return count
+
     @property
     def epochs(self) -> int:
         """Epochs trained (a finished run) or planned (an unfinished one)."""
@@ -86,6 +96,11 @@ class Group:
     @property
     def dataset(self) -> str:
         return dataset_name(self.config)
+
+    def images(self, key: str) -> int | None:
+        """How many images each finished run measured `key` on, when they agree and it is known."""
+        counts = {r.images(key) for r in self.finished}
+        return counts.pop() if len(counts) == 1 else None
 
     def errors(self, key: str) -> np.ndarray:
         """Error in percent, 100 * (1 - accuracy), of each finished run that has `key`."""
@@ -681,7 +696,8 @@ def compare(group: Group, ref: Group, metric: str) -> str:
         gap = (f"{metric_name(metric)} {abs(d.mean):.2f} percentage points "
                f"{'lower' if d.mean < 0 else 'higher'} than {ref.label}'s")
     if d.n_base < 2 or d.n_other < 2:
-        judged = f"{d.n_base} / {d.n_other} seeds: the seed-to-seed spread is not known yet"
+        judged = (f"{d.n_base} / {d.n_other} seeds: the seed-to-seed spread is not known yet"
+                  + sampling_note(group, ref, metric))
     else:
         judged = ("larger than the seed-to-seed spread (the seeds do not overlap)" if d.beyond_spread
                   else "not larger than the seed-to-seed spread")
@@ -692,6 +708,20 @@ def compare(group: Group, ref: Group, metric: str) -> str:
         line += (f" **Not comparable as a measure of the model**: {ref.label} ran {_epochs(ref)}, "
                  f"{group.label} {_epochs(group, unit=False)}.")
     return line
+
+
+def sampling_note(group: Group, ref: Group, metric: str) -> str:
+    """With one seed a side, the one spread that is known: the binomial sampling error of the two
+    means' difference from the number of images they were measured on ('' when that is unknown)."""
+    n_a, n_b = ref.images(metric), group.images(metric)
+    if not n_a or not n_b:
+        return ""
+    p_a, p_b = 1 - ref.errors(metric).mean() / 100, 1 - group.errors(metric).mean() / 100
+    sigma = 100 * np.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+    gap = abs(group.errors(metric).mean() - ref.errors(metric).mean())
+    images = f"{n_a:,}" if n_a == n_b else f"{n_a:,} / {n_b:,}"
+    return (f"; the sampling error of the difference on {images} images is {sigma:.2f} points (1 sigma), "
+            f"so this gap is {'beyond' if gap > 2 * sigma else 'within'} 2 sigma of it")
 
 
 def recipe_epochs(record: dict) -> list[int] | None:

@@ -734,11 +734,12 @@ class Run:
                    "in_chans": self.splits.in_chans, "image_size": self.splits.image_size,
                    "epochs": self.epoch, "seed": self.cfg.train.seed,
                    "final_val_acc": final, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
-                   **top5_summary(rows, self.best_epoch),
+                   **top5_summary(rows, self.best_epoch), "val_images": len(self.splits.val),
                    "world_size": self.ctx.world_size, "device": describe_device(self.ctx.device),
                    "selfreg_version": __version__, "speed": self.speed.summary()}
         if getattr(self, "test_stats", None) is not None:
-            summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss)
+            summary.update(test_acc=self.test_stats.acc, test_loss=self.test_stats.loss,
+                           test_images=len(self.splits.test))
             if self.test_stats.acc5 is not None:
                 summary["test_acc5"] = self.test_stats.acc5
         if self.ctx.is_main:
