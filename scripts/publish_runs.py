@@ -82,10 +82,36 @@ def copy_results(run_dir: Path, dest: Path) -> None:
         shutil.copytree(run_dir / "plots", dest / "plots", dirs_exist_ok=True)
 
 
-def rerun_command(record: dict, run: dict) -> str:
-    """One command that trains exactly this run again (data.root left for the user to fill in)."""
-    return (f"selfreg sweep {record.get('recipe', 'RECIPE')} --only {shlex.quote(run['label'])} "
-            f"--seeds {run['seed']} data.root=DATA")
+def rerun_command(record: dict, run: dict, run_dir: Path) -> str:
+    """One command that trains exactly this run again (data.root left for the user to fill in).
+
+    The thread count and memory layout change the bits of a CPU run, so the command keeps the
+    run's overrides that were typed on the sweep's command line and pins what `auto` chose for it
+    (summary.json's speed: precision and layout), which another machine might choose otherwise."""
+    pinned = typed_overrides(record, run) + resolved_speed(run_dir)
+    return shlex.join(["selfreg", "sweep", record.get("recipe", "RECIPE"), "--only", run["label"],
+                       "--seeds", str(run["seed"]), *pinned, "data.root=DATA"])
+
+
+def typed_overrides(record: dict, run: dict) -> list[str]:
+    """The run's section.key=value overrides whose key was typed on a command of the sweep (not
+    the grid's, which --only selects), but data.root; with the run's own values."""
+    commands = record.get("commands") or [record.get("command") or ""]
+    typed = {t.split("=", 1)[0] for c in commands for t in shlex.split(c) if re.match(r"^[a-z_]+\.[\w.]+=", t)}
+    return [f"{key}={yaml_value(value)}" for key, value in run.get("overrides", {}).items()
+            if key in typed and key != "data.root"]
+
+
+def yaml_value(value) -> str:
+    """An override's value as typed: YAML flow style (true, 0.1, [80, 120])."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def resolved_speed(run_dir: Path) -> list[str]:
+    """train.amp / train.channels_last as the run resolved them, for those it left to `auto`."""
+    speed = json.loads((run_dir / "summary.json").read_text()).get("speed", {})
+    return [f"train.{key}={str(speed[key]).lower()}" for key in ("amp", "channels_last")
+            if speed.get("asked", {}).get(key) == "auto" and key in speed]
 
 
 def export_final(run_dir: Path, path: Path):
@@ -157,7 +183,7 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
                             f"validation accuracy was {100 * summary['final_val_acc']:.2f}%; not published")
         named = run["seed"] == default_seed
         default = named and takes_default(manifest, model, tag, take_default)
-        entry = pretrained.make_entry(path, seed_tag, top1, rerun_command(record, run),
+        entry = pretrained.make_entry(path, seed_tag, top1, rerun_command(record, run, run_dir),
                                       aliases=[tag] if named else [], default=default,
                                       channels_last=channels_last)
         manifest[(model, seed_tag)] = entry
@@ -181,7 +207,7 @@ def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str
              "the CIFAR-10 JPEG copy, in the memory layout the run measured in (the manifest's `channels_last`: "
              "NHWC and NCHW round differently and can flip a near-tie image), and equals the run's own final "
              "validation accuracy; `python benchmarks/reeval_pretrained.py --data DATA` measures it again.", "",
-             f'Load one: `selfreg.create_model("rrnet20_gru", pretrained="{tag}")` (seed 0, the default) or '
+             f'Load one: `selfreg.create_model("{entries[0]["model"]}", pretrained="{tag}")` (seed 0, the default) or '
              f'`pretrained="{tag}-s1"`; `selfreg models --pretrained` lists them.', "",
              "| model | tag | val top-1 | sha256 | size | command (data.root = the unpacked JPEG copy) | commit |",
              "|---|---|---|---|---|---|---|"]

@@ -47,7 +47,8 @@ def test_publishes_results_weights_manifest_and_logits(publish_runs, sweep, tmp_
     entries = publish_runs.publish(*args, log=lambda line: None)
     assert [(e["model"], e["tag"], e["aliases"], e["default"]) for e in entries] == [
         ("resnet20", "digits-tiny-s0", ["digits-tiny"], True), ("resnet20", "digits-tiny-s1", [], False)]
-    assert entries[0]["command"] == f"selfreg sweep {sweep.parent / 'tiny.yaml'} --only resnet20 --seeds 0 data.root=DATA"
+    assert entries[0]["command"] == (f"selfreg sweep {sweep.parent / 'tiny.yaml'} --only resnet20 --seeds 0 "
+                                     "train.amp=none train.channels_last=false data.root=DATA")
     assert sorted(p.name for p in weights.iterdir()) == [
         "manifest.json", "resnet20-digits-tiny-s0.safetensors", "resnet20-digits-tiny-s1.safetensors"]
 
@@ -110,6 +111,22 @@ def test_a_run_measured_in_channels_last_is_checked_and_listed_in_it(publish_run
     assert layouts == [False, True]
     assert [w.channels_last for w in pretrained.load_manifest(tmp_path / "w")] == [False, True]
     assert [e["channels_last"] for e in entries] == [False, True]
+
+
+def test_the_command_keeps_typed_overrides_and_pins_what_auto_chose(publish_runs, tmp_path):
+    """Threads and layout change a CPU run's bits: the command that trains the run again keeps the
+    overrides typed on the sweep's commands (not the grid's, not data.root) and what `auto` chose."""
+    record = {"recipe": "configs/r.yaml", "commands": [
+        "selfreg sweep configs/r.yaml data.root=/d --seeds 0 --parallel 2 train.threads=1 -o out",
+        "selfreg sweep configs/r.yaml data.root=/d --seeds 1 'sched.milestones=[80, 120]' -o out"]}
+    run = {"label": "rrnet20_gru", "seed": 1, "dir": "rrnet20_gru/s1", "overrides": {
+        "model.name": "rrnet20_gru", "data.root": "/d", "train.threads": 1, "sched.milestones": [80, 120]}}
+    (tmp_path / "summary.json").write_text(json.dumps({"speed": {
+        "amp": "none", "channels_last": True, "compile": False,
+        "asked": {"amp": "auto", "channels_last": "auto", "compile": False}}}))
+    assert publish_runs.rerun_command(record, run, tmp_path) == (
+        "selfreg sweep configs/r.yaml --only rrnet20_gru --seeds 1 train.threads=1 'sched.milestones=[80, 120]' "
+        "train.amp=none train.channels_last=true data.root=DATA")
 
 
 def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):
