@@ -27,7 +27,9 @@ from timm.data import create_dataset, create_loader, create_transform, resolve_d
 from timm.data import resolve_input_data_config  # noqa: E402
 from timm.models import PretrainedCfg, get_pretrained_cfg, resolve_model_input_args  # noqa: E402
 
-MODEL, TAG = "resnet20", "cifar10-budget-s0"          # src/selfreg/weights/resnet20-cifar10-budget-s0.safetensors
+MODEL = "resnet20"
+# The shipped file that pretrained=True loads (src/selfreg/weights/manifest.json's default for MODEL).
+TAG = next(w.tag for w in pretrained.load_manifest(pretrained.PACKAGE_DIR) if w.model == MODEL and w.default)
 
 
 @pytest.fixture(autouse=True)
@@ -207,7 +209,7 @@ def test_timm_fine_tuning_keeps_the_backbone(weights, caplog):
     source = create_model(MODEL, pretrained=TAG)
     with caplog.at_level(logging.INFO, logger="selfreg"):
         model = timm.create_model(TIMM_PREFIX + MODEL, pretrained=True, num_classes=100)
-    assert "starting from the pretrained weights resnet20:cifar10-budget-s0" in caplog.text
+    assert f"starting from the pretrained weights {MODEL}:{TAG}" in caplog.text
     assert "new 100-class head (fc.weight, fc.bias)" in caplog.text
     ours, theirs = model.state_dict(), source.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("fc."))
