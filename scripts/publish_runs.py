@@ -26,6 +26,10 @@ For every finished run of the sweep (summary.json written), in the sweep's order
 Then RESULTS/weights.md lists every shipped file of the tag: model, seed, validation accuracy,
 sha256, size, the command that trains it again and the commit it ran from.
 
+`--commands-only` rewrites just the manifest's commands of TAG's published files (from the sweep
+folder or the results folder, which keeps sweep.yaml and the summaries), for files published
+before the command kept the run's typed overrides and pinned layout.
+
 WEIGHTS is the package's src/selfreg/weights (or $SELFREG_PRETRAINED_DIR). Re-running is safe:
 a published run is exported and checked again and its entries are replaced, not duplicated.
 """
@@ -199,6 +203,25 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
     return entries
 
 
+def refresh_commands(sweep: Path, results: Path, tag: str, weights: Path) -> list[dict]:
+    """Only the commands of step 4: each finished run's manifest entry gets the command that
+    `rerun_command` gives now (files published before it kept the typed overrides); nothing is
+    exported or measured, so SWEEP may be the results folder (its sweep.yaml and summaries)."""
+    runs = finished_runs(sweep)
+    record = yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}
+    manifest = {(w.model, w.tag): w.to_dict() for w in pretrained.load_manifest(weights)}
+    for run in runs:
+        model = json.loads((sweep / run["dir"] / "summary.json").read_text())["model"]
+        key = (model, f"{tag}-s{run['seed']}")
+        if key not in manifest:
+            raise UserError(f"{model}:{key[1]} is not published; publish it first (without --commands-only)")
+        manifest[key] = {**manifest[key], "command": rerun_command(record, run, sweep / run["dir"])}
+    entries = list(manifest.values())
+    pretrained.write_manifest(entries, weights)
+    write_weights_table(results / "weights.md", [e for e in entries if of_tag(e["tag"], tag)], weights, tag)
+    return entries
+
+
 def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str) -> None:
     lines = [f"# Shipped weights: `{tag}`", "",
              "Written by `python scripts/publish_runs.py` from the sweep's finished runs: each file is its run's "
@@ -222,15 +245,23 @@ def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep", type=Path, help="the sweep folder (selfreg sweep -o)")
-    p.add_argument("--data", required=True, metavar="DIR", help="data.root of the runs (to measure val accuracy)")
+    p.add_argument("--data", metavar="DIR", help="data.root of the runs (to measure val accuracy)")
     p.add_argument("--results", type=Path, required=True, metavar="DIR", help="e.g. docs/results/table3-budget")
     p.add_argument("--tag", required=True, help="weights tag; each file is TAG-s<seed>")
     p.add_argument("--default-seed", type=int, default=0, help="the seed whose file TAG names (default 0)")
     p.add_argument("--take-default", action="store_true",
                    help="make that file its model's pretrained=True, in place of another tag's (by default "
                         "it becomes so only for a model that has none)")
+    p.add_argument("--commands-only", action="store_true",
+                   help="only rewrite the manifest's commands of TAG's published files (SWEEP may be RESULTS)")
     args = p.parse_args(argv)
+    if not args.commands_only and not args.data:
+        p.error("--data is required (to measure each file's accuracy), unless --commands-only")
     try:
+        if args.commands_only:
+            entries = refresh_commands(args.sweep.expanduser(), args.results, args.tag, pretrained.weights_dir())
+            print(f"{len(entries)} manifest entries; commands of {args.tag} rewritten")
+            return 0
         entries = publish(args.sweep.expanduser(), args.data, args.results, args.tag, args.default_seed,
                           pretrained.weights_dir(), take_default=args.take_default)
     except UserError as exc:
