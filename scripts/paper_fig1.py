@@ -44,7 +44,7 @@ from selfreg.analysis.features import (ProbeResult, accuracies_at, capture, feat
                                        select_blocks)
 from selfreg.data import build_dataset  # noqa: E402
 from selfreg.errors import UserError, output_folder  # noqa: E402
-from selfreg.stats import difference, mean_std  # noqa: E402
+from selfreg.stats import difference, mean_std, sampling_error  # noqa: E402
 from selfreg.use.evaluate import eval_data_config, eval_splits  # noqa: E402
 from selfreg.use.trained import load_trained  # noqa: E402
 
@@ -98,11 +98,6 @@ def shown_path(image: Path, root: str) -> str:
         return "DATA/" + image.resolve().relative_to(Path(root).expanduser().resolve()).as_posix()
     except ValueError:
         return str(image)
-
-
-def sampling_error(acc: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on n images, in points."""
-    return 100 * math.sqrt(acc * (1 - acc) / n)
 
 
 def block_difference(base: list[ProbeResult], other: list[ProbeResult], pos: int, key: str) -> str | None:

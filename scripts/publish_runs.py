@@ -26,9 +26,10 @@ For every finished run of the sweep (summary.json written), in the sweep's order
 Then RESULTS/weights.md lists every shipped file of the tag: model, seed, validation accuracy,
 sha256, size, the command that trains it again and the commit it ran from.
 
-`--commands-only` rewrites just the manifest's commands of TAG's published files (from the sweep
-folder or the results folder, which keeps sweep.yaml and the summaries), for files published
-before the command kept the run's typed overrides and pinned layout.
+`--records-only` rewrites just what TAG's published entries take from their runs' records (the
+command, the layout), from the sweep folder or the results folder (which keeps sweep.yaml and
+the summaries), for files published before these were derived so; reeval_pretrained.py then
+measures every file again.
 
 WEIGHTS is the package's src/selfreg/weights (or $SELFREG_PRETRAINED_DIR). Re-running is safe:
 a published run is exported and checked again and its entries are replaced, not duplicated.
@@ -50,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from selfreg import pretrained  # noqa: E402
-from selfreg.errors import UserError, check_writable  # noqa: E402
+from selfreg.errors import UserError, check_writable, output_folder  # noqa: E402
 from selfreg.sweep import write_record  # noqa: E402
 
 RESULT_FILES = ("config.yaml", "summary.json", "metrics.csv", "speed.json", "provenance.json")
@@ -65,13 +66,18 @@ def reference_input(in_chans: int, size: tuple[int, int]) -> torch.Tensor:
     return torch.randn(REFERENCE_BATCH, in_chans, *size, generator=g)
 
 
-def finished_runs(sweep: Path) -> list[dict]:
-    """The sweep record's runs (label, seed, dir) whose summary.json exists, in the sweep's order."""
+def finished_runs(sweep: Path) -> tuple[dict, list[dict]]:
+    """The sweep record, and its runs (label, seed, dir) whose summary.json exists, in its order."""
     record_path = sweep / "sweep.yaml"
     if not record_path.is_file():
         raise UserError(f"{sweep} has no sweep.yaml; pass the folder `selfreg sweep -o` wrote")
     record = yaml.safe_load(record_path.read_text()) or {}
-    return [run for run in record.get("runs", []) if (sweep / run["dir"] / "summary.json").is_file()]
+    return record, [run for run in record.get("runs", []) if (sweep / run["dir"] / "summary.json").is_file()]
+
+
+def run_layout(summary: dict) -> bool:
+    """Whether the run trained and measured its accuracy in channels_last (its speed choice)."""
+    return bool(summary.get("speed", {}).get("channels_last", False))
 
 
 def copy_results(run_dir: Path, dest: Path) -> None:
@@ -114,7 +120,7 @@ def yaml_value(value) -> str:
 def resolved_speed(run_dir: Path) -> list[str]:
     """train.amp / train.channels_last as the run resolved them, for those it left to `auto`."""
     speed = json.loads((run_dir / "summary.json").read_text()).get("speed", {})
-    return [f"train.{key}={str(speed[key]).lower()}" for key in ("amp", "channels_last")
+    return [f"train.{key}={yaml_value(speed[key])}" for key in ("amp", "channels_last")
             if speed.get("asked", {}).get(key) == "auto" and key in speed]
 
 
@@ -164,8 +170,7 @@ def takes_default(manifest: dict, model: str, tag: str, take_default: bool) -> b
 def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: int,
             weights: Path, logits_file: Path = LOGITS, log=print, take_default: bool = False) -> list[dict]:
     """Steps 1-5 of the module's docstring for every finished run; the manifest's entries."""
-    runs = finished_runs(sweep)
-    record = yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}
+    record, runs = finished_runs(sweep)
     if not runs:
         raise UserError(f"no finished run under {sweep} yet (no summary.json)")
     check_writable(results, "choose another --results or fix its permissions")   # before minutes of evaluation
@@ -179,7 +184,7 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
         seed_tag = f"{tag}-s{run['seed']}"
         copy_results(run_dir, results / run["dir"])
         trained, path = export_final(run_dir, weights / f"{model}-{seed_tag}.safetensors")
-        channels_last = bool(summary.get("speed", {}).get("channels_last", False))
+        channels_last = run_layout(summary)
         top1, count = measured_accuracy(path, data_root, channels_last)
         if abs(top1 - summary["final_val_acc"]) * count >= 0.5:
             path.unlink()
@@ -195,31 +200,35 @@ def publish(sweep: Path, data_root: str, results: Path, tag: str, default_seed: 
         log(f"{model} s{run['seed']}: {100 * top1:.2f}% val ({count} images), {path.name} sha256 {entry['sha256'][:12]}")
     # Merged, not copied: a sweep folder on a new machine holds only that machine's runs.
     write_record(results / "sweep.yaml", record)
-    entries = list(manifest.values())
-    pretrained.write_manifest(entries, weights)
     logits_file.parent.mkdir(parents=True, exist_ok=True)
     logits_file.write_text(json.dumps(logits, indent=1, sort_keys=True) + "\n")
-    write_weights_table(results / "weights.md", [e for e in entries if of_tag(e["tag"], tag)], weights, tag)
-    return entries
+    return save_manifest(manifest, weights, results, tag)
 
 
-def refresh_commands(sweep: Path, results: Path, tag: str, weights: Path) -> list[dict]:
-    """Only the commands of step 4: each finished run's manifest entry gets the command that
-    `rerun_command` gives now (files published before it kept the typed overrides); nothing is
-    exported or measured, so SWEEP may be the results folder (its sweep.yaml and summaries)."""
-    runs = finished_runs(sweep)
-    record = yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}
-    manifest = {(w.model, w.tag): w.to_dict() for w in pretrained.load_manifest(weights)}
-    for run in runs:
-        model = json.loads((sweep / run["dir"] / "summary.json").read_text())["model"]
-        key = (model, f"{tag}-s{run['seed']}")
-        if key not in manifest:
-            raise UserError(f"{model}:{key[1]} is not published; publish it first (without --commands-only)")
-        manifest[key] = {**manifest[key], "command": rerun_command(record, run, sweep / run["dir"])}
+def save_manifest(manifest: dict, weights: Path, results: Path, tag: str) -> list[dict]:
+    """Write the manifest and RESULTS/weights.md (the tag's files); the manifest's entries."""
     entries = list(manifest.values())
     pretrained.write_manifest(entries, weights)
     write_weights_table(results / "weights.md", [e for e in entries if of_tag(e["tag"], tag)], weights, tag)
     return entries
+
+
+def refresh_records(sweep: Path, results: Path, tag: str, weights: Path) -> list[dict]:
+    """Only what each published entry of `tag` takes from its run's records: the command
+    (`rerun_command`) and the layout its accuracy was measured in (`run_layout`), for files
+    published before either was derived so. Nothing is exported or measured, so SWEEP may be the
+    results folder (its sweep.yaml and summaries); benchmarks/reeval_pretrained.py measures after."""
+    record, runs = finished_runs(sweep)
+    output_folder(results, "choose another --results or fix its permissions")
+    manifest = {(w.model, w.tag): w.to_dict() for w in pretrained.load_manifest(weights)}
+    for run in runs:
+        summary = json.loads((sweep / run["dir"] / "summary.json").read_text())
+        key = (summary["model"], f"{tag}-s{run['seed']}")
+        if key not in manifest:
+            raise UserError(f"{key[0]}:{key[1]} is not published; publish it first (without --records-only)")
+        manifest[key] = {**manifest[key], "command": rerun_command(record, run, sweep / run["dir"]),
+                         "channels_last": run_layout(summary)}
+    return save_manifest(manifest, weights, results, tag)
 
 
 def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str) -> None:
@@ -252,15 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--take-default", action="store_true",
                    help="make that file its model's pretrained=True, in place of another tag's (by default "
                         "it becomes so only for a model that has none)")
-    p.add_argument("--commands-only", action="store_true",
-                   help="only rewrite the manifest's commands of TAG's published files (SWEEP may be RESULTS)")
+    p.add_argument("--records-only", action="store_true",
+                   help="only rewrite what TAG's published entries take from their runs' records (command, "
+                        "layout); SWEEP may be RESULTS; then run benchmarks/reeval_pretrained.py")
     args = p.parse_args(argv)
-    if not args.commands_only and not args.data:
-        p.error("--data is required (to measure each file's accuracy), unless --commands-only")
+    if not args.records_only and not args.data:
+        p.error("--data is required (to measure each file's accuracy), unless --records-only")
     try:
-        if args.commands_only:
-            entries = refresh_commands(args.sweep.expanduser(), args.results, args.tag, pretrained.weights_dir())
-            print(f"{len(entries)} manifest entries; commands of {args.tag} rewritten")
+        if args.records_only:
+            entries = refresh_records(args.sweep.expanduser(), args.results, args.tag, pretrained.weights_dir())
+            print(f"{len(entries)} manifest entries; commands and layouts of {args.tag} rewritten")
             return 0
         entries = publish(args.sweep.expanduser(), args.data, args.results, args.tag, args.default_seed,
                           pretrained.weights_dir(), take_default=args.take_default)

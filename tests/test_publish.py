@@ -129,24 +129,25 @@ def test_the_command_keeps_typed_overrides_and_pins_what_auto_chose(publish_runs
         "train.amp=none train.channels_last=true data.root=DATA")
 
 
-def test_commands_only_rewrites_the_commands_from_the_results_folder(publish_runs, sweep, tmp_path):
+def test_records_only_rewrites_commands_and_layouts_from_the_results_folder(publish_runs, sweep, tmp_path):
     """Files published before the command kept the typed overrides get it without their checkpoints:
     the results folder (sweep.yaml and summaries) is enough, and nothing else changes."""
     weights, results = tmp_path / "weights", tmp_path / "results"
     publish_runs.publish(sweep, "unused", results, "digits-tiny", 0, weights, tmp_path / "l.json", log=lambda line: None)
     manifest = json.loads((weights / "manifest.json").read_text())
     for e in manifest["weights"]:
-        e["command"] = "an old command"
+        e["command"], e["channels_last"] = "an old command", True
     (weights / "manifest.json").write_text(json.dumps(manifest))
     files = {p.name: p.read_bytes() for p in weights.glob("*.safetensors")}
-    entries = publish_runs.refresh_commands(results, results, "digits-tiny", weights)
+    entries = publish_runs.refresh_records(results, results, "digits-tiny", weights)
     assert [e["command"].split(" --only ")[1] for e in entries] == [
         "resnet20 --seeds 0 train.amp=none train.channels_last=false data.root=DATA",
         "resnet20 --seeds 1 train.amp=none train.channels_last=false data.root=DATA"]
+    assert [e["channels_last"] for e in entries] == [False, False]      # as the runs measured
     assert {p.name: p.read_bytes() for p in weights.glob("*.safetensors")} == files
     assert "an old command" not in (results / "weights.md").read_text()
     with pytest.raises(UserError, match="resnet20:other-s0 is not published; publish it first"):
-        publish_runs.refresh_commands(results, results, "other", weights)
+        publish_runs.refresh_records(results, results, "other", weights)
 
 
 def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):

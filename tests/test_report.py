@@ -168,9 +168,9 @@ def test_configurations_on_different_datasets_are_flagged_and_not_compared(seeds
     folder = {"data.name": "folder", "data.root": "/data/cifar10-jpeg"}
     shutil.copytree(seeds_dir / "s0", root / "digits-resnet20", ignore=shutil.ignore_patterns("checkpoints"))
     clone(seeds_dir / "s0", root / "digits-resnet32", config={"model.name": "resnet32"})
-    clone(seeds_dir / "s0", root / "cifar-resnet20", config=folder)
+    clone(seeds_dir / "s0", root / "cifar-resnet20", config=folder, summary={"final_val_acc": 0.75})
     clone(seeds_dir / "s0", root / "cifar-resnet32", config={**folder, "model.name": "resnet32"},
-          summary={"final_val_acc": acc(seeds_dir / "s0") - 0.25})
+          summary={"final_val_acc": 0.5})
     text = build_report(root, tmp_path / "rep" / "report.md").read_text()
     assert ("**Different datasets**: folder (/data/cifar10-jpeg): cifar-resnet20, cifar-resnet32; "
             "digits: digits-resnet20, digits-resnet32. Errors on different datasets are not comparable") in text
@@ -292,9 +292,15 @@ def test_one_seed_a_side_gives_the_sampling_error_of_the_difference(seeds_dir, t
     n = json.loads((seeds_dir / "s0" / "summary.json").read_text())["val_images"]
     p_a, p_b = acc(seeds_dir / "s0"), acc(seeds_dir / "s0") + shift
     sigma = 100 * ((p_a * (1 - p_a) + p_b * (1 - p_b)) / n) ** 0.5
-    (line,) = against_lines(build_report(root, tmp_path / "rep" / "report.md").read_text())
+    text = build_report(root, tmp_path / "rep" / "report.md").read_text()
+    (line,) = against_lines(text)
     assert (f"(1 / 1 seeds: the seed-to-seed spread is not known yet; the sampling error of the difference on "
             f"{n:,} images is {sigma:.2f} points (1 sigma), so this gap is {verdict} 2 sigma of it)") in line
+    # Beside the table, each one-seed configuration's own sampling error and the gap a single run must pass.
+    one = 100 * (p_a * (1 - p_a) / n) ** 0.5
+    assert (f"resnet20 has one seed: the sampling error of its final validation error on {n:,} images is "
+            f"{one:.2f} points (1 sigma), so a single run of another configuration at a similar error differs "
+            f"from it beyond sampling error only by more than {2 * 2 ** 0.5 * one:.2f} points") in text
 
 
 def test_runs_without_an_image_count_take_it_from_a_counted_val_fraction(seeds_dir, tmp_path):

@@ -6,6 +6,7 @@ best run.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -19,6 +20,12 @@ def mean_std(values: Iterable[float]) -> tuple[float, float] | None:
     if len(values) == 0:
         return None
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def sampling_error(accuracy: float, images: int) -> float:
+    """Binomial standard error, in points, of an accuracy measured on `images` images: the one
+    spread a single run has (its seed spread is unknown)."""
+    return 100 * math.sqrt(accuracy * (1 - accuracy) / images)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from ..complexity import count_macs, human
 from ..config import LOGGER_KEYS, TrainConfig, flatten
 from ..errors import UserError, output_folder
 from ..factory import create_model, model_entry, sized_kwargs
-from ..stats import difference, mean_std
+from ..stats import difference, mean_std, sampling_error
 from ..train.logging import read_metrics
 
 
@@ -614,6 +615,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
         if recipe_epochs(record) is None:
             notes.append(f"Whether these runs kept the recipe's epoch count was not checked (its file "
                          f"`{record.get('recipe', '?')}` was not found).")
+    notes += single_seed_notes(groups, metric)
     doc.para(" ".join(notes))
     failed = [(g.label, r) for g in groups for r in g.runs if r.failed]
     if failed:
@@ -710,15 +712,31 @@ def compare(group: Group, ref: Group, metric: str) -> str:
     return line
 
 
+def single_seed_notes(groups: list[Group], metric: str) -> list[str]:
+    """For each configuration with one finished seed, the spread that is known: the binomial
+    sampling error of its number, and the gap that another single run at a similar error must
+    exceed to lie beyond 2 sigma of the difference."""
+    notes = []
+    for g in groups:
+        errors, n = g.errors(metric), g.images(metric)
+        if len(errors) == 1 and n:
+            sigma = sampling_error(1 - errors[0] / 100, n)
+            notes.append(f"{g.label} has one seed: the sampling error of its {metric_name(metric)} on {n:,} images "
+                         f"is {sigma:.2f} points (1 sigma), so a single run of another configuration at a "
+                         f"similar error differs from it beyond sampling error only by more than "
+                         f"{2 * math.hypot(sigma, sigma):.2f} points (2 sigma of the difference).")
+    return notes
+
+
 def sampling_note(group: Group, ref: Group, metric: str) -> str:
     """With one seed a side, the one spread that is known: the binomial sampling error of the two
     means' difference from the number of images they were measured on ('' when that is unknown)."""
     n_a, n_b = ref.images(metric), group.images(metric)
     if not n_a or not n_b:
         return ""
-    p_a, p_b = 1 - ref.errors(metric).mean() / 100, 1 - group.errors(metric).mean() / 100
-    sigma = 100 * np.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
-    gap = abs(group.errors(metric).mean() - ref.errors(metric).mean())
+    err_a, err_b = ref.errors(metric).mean(), group.errors(metric).mean()
+    sigma = math.hypot(sampling_error(1 - err_a / 100, n_a), sampling_error(1 - err_b / 100, n_b))
+    gap = abs(err_b - err_a)
     images = f"{n_a:,}" if n_a == n_b else f"{n_a:,} / {n_b:,}"
     return (f"; the sampling error of the difference on {images} images is {sigma:.2f} points (1 sigma), "
             f"so this gap is {'beyond' if gap > 2 * sigma else 'within'} 2 sigma of it")
