@@ -317,3 +317,26 @@ def test_runs_without_an_image_count_take_it_from_a_counted_val_fraction(seeds_d
         cfg["data"]["val_fraction"] = 0.1
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert "sampling error" not in build_report(root, tmp_path / "r.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Minutes are a record, not a speed: the report says so and counts each run's sessions
+
+def test_minutes_are_labelled_a_record_and_resumed_runs_count_their_sessions(seeds_dir, tmp_path):
+    root = tmp_path / "runs"
+    clone(seeds_dir / "s0", root / "resnet20")
+    text = build_report(root, tmp_path / "rep" / "report.md").read_text()
+    assert "`minutes / run` sums the seconds of each run's epochs" in text and "not a speed measure" in text
+    assert "resumed in later sessions" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| resnet20 | 0 | finished |"))
+    assert row.split(" | ")[8] == "1"       # one session: the run was never resumed
+
+    # The same run as a resume in a later session would have recorded it (provenance.json's resumes).
+    record = json.loads((root / "resnet20" / "provenance.json").read_text())
+    record["resumes"] = [{**{k: record[k] for k in ("command", "commit", "dirty", "device")},
+                          "time": "2026-12-04T00:00:00Z"}]
+    (root / "resnet20" / "provenance.json").write_text(json.dumps(record))
+    text = build_report(root, tmp_path / "rep" / "report.md").read_text()
+    assert "1 of the 1 finished run(s) resumed in later sessions" in text
+    row = next(line for line in text.splitlines() if line.startswith("| resnet20 | 0 | finished |"))
+    assert row.split(" | ")[8] == "2"

@@ -616,6 +616,7 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
             notes.append(f"Whether these runs kept the recipe's epoch count was not checked (its file "
                          f"`{record.get('recipe', '?')}` was not found).")
     notes += single_seed_notes(groups, metric)
+    notes.append(minutes_note(finished))
     doc.para(" ".join(notes))
     failed = [(g.label, r) for g in groups for r in g.runs if r.failed]
     if failed:
@@ -638,10 +639,10 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
                              f"{100 * (1 - s['final_val_acc']):.2f}" if s else "-",
                              f"{100 * (1 - s['best_val_acc']):.2f}" if s else "-",
                              f"{100 * (1 - s['test_acc']):.2f}" if "test_acc" in s else "-",
-                             f"{r.minutes:.1f}", str(s.get("device", "-")),
+                             f"{r.minutes:.1f}", session_count(r), str(s.get("device", "-")),
                              provenance.run_source(r.provenance), provenance.run_data(r.provenance)])
     doc.table(["configuration", "seed", "state", "epochs", "final val err", "best val err", "test err",
-               "minutes", "device", "commit", "data"], run_rows)
+               "minutes", "sessions", "device", "commit", "data"], run_rows)
     doc.para("commit: the git commit of selfreg's source each run (and each resume) ran from, `dirty` when "
              "it had uncommitted changes (kept in the run folder as source.patch); data: the first 8 hex "
              "digits of the data's fingerprint (sha256 of its files' names and sizes). Both from the run's "
@@ -650,6 +651,23 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     out.write_text(to_markdown(doc, out.parent))
     out.with_suffix(".html").write_text(to_html(doc, title))
     return out
+
+
+def session_count(run: RunRecord) -> str:
+    """How many processes trained the run: its first and each resume ('-' without provenance)."""
+    return str(len(provenance.sessions(run.provenance))) if run.provenance else "-"
+
+
+def minutes_note(finished: list[RunRecord]) -> str:
+    """Why `minutes / run` is a record of these runs and not a measure of speed."""
+    resumed = sum(1 for r in finished if r.provenance and r.provenance.get("resumes"))
+    text = ("`minutes / run` sums the seconds of each run's epochs (metrics.csv, mean over seeds): what the runs "
+            "took where they ran, not a speed measure, since another run or a test beside one slows it; "
+            "`benchmarks/` measure speed side by side.")
+    if resumed:
+        text += (f" {resumed} of the {len(finished)} finished run(s) resumed in later sessions (`sessions` in "
+                 "\"Every run\"), each with its own machine load.")
+    return text
 
 
 def baseline_group(groups: list[Group], baseline: str = "") -> Group:
