@@ -13,17 +13,26 @@ with the first commit's. Equal tensors after a few hundred steps mean the code c
 the commits did not change what the recipe computes on this machine (the layout and thread
 count are fixed by the overrides: `auto` settings may choose differently from run to run).
 Exit status 0 when every model agrees, 1 otherwise.
+
+`--record FOLDER` adds the checks to FOLDER/commits_agree.json (a results folder of
+`selfreg report`): the report then says, under its different-source-trees warning, which of its
+runs' commits were measured to train the same run as the reference, which not, and which were
+never checked.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 import torch
+
+from selfreg import provenance
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="two or more commits (the first is the reference) and section.key=value "
                              "overrides for every run")
     parser.add_argument("--models", required=True, help="comma-separated model names")
+    parser.add_argument("--record", metavar="FOLDER",
+                        help="add the checks to FOLDER/commits_agree.json, which `selfreg report FOLDER` cites")
     args = parser.parse_intermixed_args(argv)
     args.overrides = [item for item in args.items if "=" in item]
     names = [item for item in args.items if "=" not in item]
@@ -100,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name at least two commits")
     commits = [resolve(c) for c in names]
     models = [m for m in args.models.split(",") if m]
-    disagree = 0
+    if args.record:         # before minutes of training: a record that cannot be added to is one line now
+        try:
+            provenance.check_agreement_file(args.record)
+        except ValueError as e:
+            raise SystemExit(f"commits_agree: error: --record: {e}") from None
+    disagree, checks = 0, []
     with tempfile.TemporaryDirectory(prefix="commits-agree-") as tmp:
         checkpoints = {}
         for commit in commits:
@@ -113,8 +129,23 @@ def main(argv: list[str] | None = None) -> int:
                 disagree += bool(diff)
                 verdict = "bit-identical" if not diff else f"{len(diff)} tensors differ, e.g. {diff[0]}"
                 print(f"{model}: {commit[:12]} against {commits[0][:12]}: {verdict}")
+                checks.append(check(args, commits[0], commit, model, len(diff), checkpoints[commit, model]))
     print(f"{args.recipe} {' '.join(args.overrides)}")
+    if args.record:
+        try:
+            print(f"recorded in {provenance.record_agreement(args.record, checks)}")
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"commits_agree: error: --record: {e}") from None
     return 1 if disagree else 0
+
+
+def check(args, reference: str, commit: str, model: str, differing: int, checkpoint: Path) -> dict:
+    """One entry of commits_agree.json; the device and torch version are the run's own provenance."""
+    run = json.loads((checkpoint.parent.parent / provenance.FILE).read_text())
+    return {"reference": reference, "commit": commit, "model": model, "recipe": args.recipe,
+            "overrides": args.overrides, "identical": differing == 0, "differing": differing,
+            "device": run.get("device"), "torch": (run.get("versions") or {}).get("torch"),
+            "date": date.today().isoformat()}
 
 
 if __name__ == "__main__":

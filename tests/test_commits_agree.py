@@ -4,6 +4,7 @@ A throwaway git repository holds a copy of selfreg's src/ and configs/ and the s
 commits: the first, one that changes a comment in the code (must agree), and one that changes
 the recipe's learning rate (must not). The script trains digits (bundled, offline) at each.
 """
+import json
 import shutil
 import subprocess
 
@@ -11,6 +12,10 @@ import pytest
 
 from conftest import load_script
 from procs import REPO
+from selfreg import provenance
+from selfreg.analysis.report import build_report
+from selfreg.config import load_config
+from selfreg.train.engine import fit_seeds
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 TINY = ["data.image_size=8", "data.subset=64", "data.val_fraction=32", "data.batch_size=32", "train.epochs=1",
@@ -59,3 +64,44 @@ def test_a_name_that_is_no_commit_is_one_line(repo):
     root, script, (first, _, _) = repo
     with pytest.raises(SystemExit, match=r"'nope' is not a commit of "):
         script.main(["configs/demo.yaml", first, "nope", "--models", "resnet20", *TINY])
+
+
+def test_recorded_checks_are_cited_by_the_report(repo, tmp_path, capsys):
+    """--record keeps the verdicts in commits_agree.json; `selfreg report` on that folder says which of its
+    runs' source trees were measured to train the same run, which another, which were never checked."""
+    root, script, (first, comment, lr) = repo
+    results = tmp_path / "results"
+    results.mkdir()
+    assert script.main(["configs/demo.yaml", first, comment, lr, "--models", "resnet20", *TINY,
+                        "--record", str(results)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == f"recorded in {results / provenance.AGREEMENT_FILE}"
+    checks = provenance.read_agreement(results)
+    assert [(c["commit"], c["identical"]) for c in checks] == [(comment, True), (lr, False)]
+    assert all(c["reference"] == first and c["model"] == "resnet20" and "1 threads" in c["device"] for c in checks)
+    provenance.record_agreement(results, checks[:1])            # the same check again replaces, never doubles
+    assert provenance.read_agreement(results) == checks
+
+    # A real run in the folder, its provenance edited as if it had been resumed from each commit, and once
+    # from a tree with uncommitted changes (never checkable: its commit is not what ran).
+    fit_seeds(load_config(None, ["data.name=digits", *TINY, "model.name=resnet20", "train.progress=none",
+                                 f"train.out_dir={results}", "train.run_name=resnet20"]), [0], log=lambda line: None)
+    record = json.loads((results / "resnet20" / "s0" / provenance.FILE).read_text())
+    record.update(commit=first, dirty=False)
+    record["resumes"] = [{**record, "resumes": None, "commit": c, "dirty": False} for c in (comment, lr)]
+    record["resumes"].append({**record["resumes"][0], "dirty": True, "patch_sha256": "ab" * 32})
+    (results / "resnet20" / "s0" / provenance.FILE).write_text(json.dumps(record))
+    text = build_report(results, tmp_path / "report.md").read_text()
+    assert "these runs come from 4 different source trees" in text
+    assert (f"2 of these 4 source trees train the same run as {first[:7]}, bit for bit ({first[:7]}, {comment[:7]}); "
+            f"1 train another ({lr[:7]}); not checked: {comment[:7]}+dirty:ababab.") in text
+
+
+def test_a_record_that_is_not_one_is_refused_before_any_training(repo, tmp_path):
+    root, script, (first, comment, _) = repo
+    (tmp_path / provenance.AGREEMENT_FILE).write_text("my notes")
+    with pytest.raises(SystemExit, match=r"--record: .*commits_agree.json exists and is not a commits_agree record"):
+        script.main(["configs/demo.yaml", first, comment, "--models", "resnet20", *TINY, "--record", str(tmp_path)])
+    assert (tmp_path / provenance.AGREEMENT_FILE).read_text() == "my notes"
+    with pytest.raises(SystemExit, match=r"--record: .*nowhere: no such folder"):
+        script.main(["configs/demo.yaml", first, comment, "--models", "resnet20", *TINY,
+                     "--record", str(tmp_path / "nowhere")])

@@ -377,9 +377,10 @@ def run_data(record: dict | None) -> str:
     return " -> ".join(sha[:8] if sha else "unknown" for sha in shas) or "-"
 
 
-def consistency_warnings(records: list[dict | None]) -> list[str]:
+def consistency_warnings(records: list[dict | None], agreement: list[dict] | None = None) -> list[str]:
     """Lines for the top of a report when its runs differ in source tree, ran dirty, or
-    read different data under one dataset name. Empty when they all agree."""
+    read different data under one dataset name. Empty when they all agree. `agreement`: the
+    checks of a commits_agree.json beside the runs (read_agreement), cited under the warning."""
     known = [r for r in records if r]
     lines = []
     missing = len(records) - len(known)
@@ -394,6 +395,7 @@ def consistency_warnings(records: list[dict | None]) -> list[str]:
                      + "; differences between them may come from the code, not the configuration "
                      "(scripts/commits_agree.py in a selfreg checkout measures whether two commits train the "
                      "same run).")
+        lines += agreement_lines(list(trees), agreement or [])
     dirty = sum(any(s.get("dirty") for s in sessions(r)) for r in known)
     if dirty:
         lines.append(f"**Warning**: {_runs(dirty)} of {len(records)} ran from a source tree with uncommitted "
@@ -414,6 +416,92 @@ def consistency_warnings(records: list[dict | None]) -> list[str]:
     if missing:
         lines.append(f"{_runs(missing)} of {len(records)} have no provenance.json (made before selfreg "
                      "recorded it): their source and data are unknown.")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# Whether two commits train the same run: the record scripts/commits_agree.py keeps
+
+AGREEMENT_FILE = "commits_agree.json"
+AGREEMENT_FORMAT = "selfreg-commits-agree/1"
+
+
+def check_key(check: dict) -> tuple:
+    """What one check measured: the same key means a newer measurement of the same thing."""
+    return (check["reference"], check["commit"], check["model"], check["recipe"], tuple(check["overrides"]))
+
+
+def record_agreement(folder: str | Path, checks: list[dict]) -> Path:
+    """Add checks ({reference, commit, model, recipe, overrides, identical, differing, device,
+    torch, date}) to `folder/commits_agree.json`; a check of the same thing replaces the older one."""
+    path = check_agreement_file(folder)
+    kept = {check_key(c): c for c in read_agreement(folder)}
+    kept.update({check_key(c): c for c in checks})
+    path.write_text(json.dumps({"format": AGREEMENT_FORMAT, "checks": list(kept.values())}, indent=1) + "\n")
+    return path
+
+
+def check_agreement_file(folder: str | Path) -> Path:
+    """folder/commits_agree.json, after making sure that adding to it loses nothing: the folder
+    exists, and the file is absent or a record of this format (ValueError, one line, otherwise)."""
+    path = Path(folder) / AGREEMENT_FILE
+    if not Path(folder).is_dir():
+        raise ValueError(f"{folder}: no such folder; give an existing results folder")
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = None
+        if not isinstance(record, dict) or record.get("format") != AGREEMENT_FORMAT:
+            raise ValueError(f"{path} exists and is not a commits_agree record; move it aside, or record elsewhere")
+    return path
+
+
+def read_agreement(folder: str | Path) -> list[dict]:
+    """The checks of `folder/commits_agree.json`; [] when there is none or it is not one."""
+    try:
+        record = json.loads((Path(folder) / AGREEMENT_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(record, dict) or record.get("format") != AGREEMENT_FORMAT:
+        return []
+    return [c for c in record.get("checks", []) if isinstance(c, dict) and {"reference", "commit", "model",
+                                                                          "recipe", "overrides", "identical"} <= set(c)]
+
+
+def agreement_lines(trees: list[str], checks: list[dict]) -> list[str]:
+    """For a report's source trees (source_key strings), what the recorded checks measured:
+    per reference commit and recipe piece, which trees train its run bit for bit, which do not,
+    and which were not checked (a dirty tree never is: its commit is not what ran)."""
+    lines = []
+    pieces: dict[tuple, list[dict]] = {}
+    for check in checks:
+        pieces.setdefault((check["reference"], check["recipe"], tuple(check["overrides"])), []).append(check)
+    for (reference, recipe, overrides), group in pieces.items():
+        def tree_of(commit: str) -> str | None:
+            return next((t for t in trees if "+" not in t and commit.startswith(t)), None)
+        if tree_of(reference) is None:
+            continue            # a check against a commit none of these runs came from
+        same, differ = [], []
+        for tree in trees:
+            mine = [c for c in group if tree_of(c["commit"]) == tree]
+            if tree_of(reference) == tree:
+                same.append(tree)
+            elif mine:
+                (same if all(c["identical"] for c in mine) else differ).append(tree)
+        unchecked = [t for t in trees if t not in same and t not in differ]
+        models = ", ".join(dict.fromkeys(c["model"] for c in group))
+        where = "; ".join(dict.fromkeys(f"{c.get('device', '?')}, torch {c.get('torch', '?')}, {c.get('date', '?')}"
+                                        for c in group))
+        text = (f"**Measured** ({AGREEMENT_FILE}, by scripts/commits_agree.py: {models} trained on `{recipe} "
+                f"{' '.join(overrides)}` with each commit's own code; {where}): "
+                f"{len(same)} of these {len(trees)} source trees train the same run as {reference[:7]}, bit for bit"
+                + (f" ({', '.join(same)})" if same else ""))
+        if differ:
+            text += f"; {len(differ)} train another ({', '.join(differ)})"
+        if unchecked:
+            text += f"; not checked: {', '.join(unchecked)}"
+        lines.append(text + ".")
     return lines
 
 

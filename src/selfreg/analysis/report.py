@@ -546,7 +546,8 @@ def build_report(root: str | Path, out: str | Path | None = None, command: str =
     doc = Doc()
     title = f"Report: {record.get('name', root.name)}"
     doc.heading(title, 1)
-    for line in provenance.consistency_warnings([r.provenance for g in groups for r in g.runs]):
+    for line in provenance.consistency_warnings([r.provenance for g in groups for r in g.runs],
+                                                provenance.read_agreement(root)):
         doc.para(line)
     for line in comparability_warnings(groups):
         doc.para(line)
