@@ -94,6 +94,10 @@ def test_recorded_checks_are_cited_by_the_report(repo, tmp_path, capsys):
     assert "these runs come from 4 different source trees" in text
     assert (f"2 of these 4 source trees train the same run as {first[:7]}, bit for bit ({first[:7]}, {comment[:7]}); "
             f"1 train another ({lr[:7]}); not checked: {comment[:7]}+dirty:ababab.") in text
+    record["resumes"] = record["resumes"][:1]                  # resumed from the comment-only commit alone
+    (results / "resnet20" / "s0" / provenance.FILE).write_text(json.dumps(record))
+    text = build_report(results, tmp_path / "report.md").read_text()
+    assert f"all 2 source trees train the same run as {first[:7]}, bit for bit." in text
 
 
 def test_a_record_that_is_not_one_is_refused_before_any_training(repo, tmp_path):

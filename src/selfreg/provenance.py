@@ -473,13 +473,14 @@ def agreement_lines(trees: list[str], checks: list[dict]) -> list[str]:
     """For a report's source trees (source_key strings), what the recorded checks measured:
     per reference commit and recipe piece, which trees train its run bit for bit, which do not,
     and which were not checked (a dirty tree never is: its commit is not what ran)."""
+    def tree_of(commit: str) -> str | None:
+        return next((t for t in trees if "+" not in t and commit.startswith(t)), None)
+
     lines = []
     pieces: dict[tuple, list[dict]] = {}
     for check in checks:
         pieces.setdefault((check["reference"], check["recipe"], tuple(check["overrides"])), []).append(check)
     for (reference, recipe, overrides), group in pieces.items():
-        def tree_of(commit: str) -> str | None:
-            return next((t for t in trees if "+" not in t and commit.startswith(t)), None)
         if tree_of(reference) is None:
             continue            # a check against a commit none of these runs came from
         same, differ = [], []
@@ -495,8 +496,10 @@ def agreement_lines(trees: list[str], checks: list[dict]) -> list[str]:
                                         for c in group))
         text = (f"**Measured** ({AGREEMENT_FILE}, by scripts/commits_agree.py: {models} trained on `{recipe} "
                 f"{' '.join(overrides)}` with each commit's own code; {where}): "
-                f"{len(same)} of these {len(trees)} source trees train the same run as {reference[:7]}, bit for bit"
-                + (f" ({', '.join(same)})" if same else ""))
+                + (f"all {len(trees)} source trees train the same run as {reference[:7]}, bit for bit"
+                   if len(same) == len(trees) else
+                   f"{len(same)} of these {len(trees)} source trees train the same run as {reference[:7]}, bit for "
+                   f"bit ({', '.join(same)})"))
         if differ:
             text += f"; {len(differ)} train another ({', '.join(differ)})"
         if unchecked:
