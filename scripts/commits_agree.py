@@ -22,7 +22,6 @@ never checked.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(args, reference: str, commit: str, model: str, differing: int, checkpoint: Path) -> dict:
     """One entry of commits_agree.json; the device and torch version are the run's own provenance."""
-    run = json.loads((checkpoint.parent.parent / provenance.FILE).read_text())
+    run = provenance.read(checkpoint.parent.parent) or {}
     return {"reference": reference, "commit": commit, "model": model, "recipe": args.recipe,
             "overrides": args.overrides, "identical": differing == 0, "differing": differing,
             "device": run.get("device"), "torch": (run.get("versions") or {}).get("torch"),

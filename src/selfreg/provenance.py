@@ -441,32 +441,35 @@ def record_agreement(folder: str | Path, checks: list[dict]) -> Path:
     return path
 
 
+def _agreement_record(folder: str | Path) -> list[dict] | None:
+    """The checks of folder/commits_agree.json: [] when there is none, None when the file is not one."""
+    path = Path(folder) / AGREEMENT_FILE
+    if not path.exists():
+        return []
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != AGREEMENT_FORMAT:
+        return None
+    keys = {"reference", "commit", "model", "recipe", "overrides", "identical"}
+    return [c for c in record.get("checks", []) if isinstance(c, dict) and keys <= set(c)]
+
+
 def check_agreement_file(folder: str | Path) -> Path:
     """folder/commits_agree.json, after making sure that adding to it loses nothing: the folder
     exists, and the file is absent or a record of this format (ValueError, one line, otherwise)."""
     path = Path(folder) / AGREEMENT_FILE
     if not Path(folder).is_dir():
         raise ValueError(f"{folder}: no such folder; give an existing results folder")
-    if path.exists():
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            record = None
-        if not isinstance(record, dict) or record.get("format") != AGREEMENT_FORMAT:
-            raise ValueError(f"{path} exists and is not a commits_agree record; move it aside, or record elsewhere")
+    if _agreement_record(folder) is None:
+        raise ValueError(f"{path} exists and is not a commits_agree record; move it aside, or record elsewhere")
     return path
 
 
 def read_agreement(folder: str | Path) -> list[dict]:
     """The checks of `folder/commits_agree.json`; [] when there is none or it is not one."""
-    try:
-        record = json.loads((Path(folder) / AGREEMENT_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(record, dict) or record.get("format") != AGREEMENT_FORMAT:
-        return []
-    return [c for c in record.get("checks", []) if isinstance(c, dict) and {"reference", "commit", "model",
-                                                                          "recipe", "overrides", "identical"} <= set(c)]
+    return _agreement_record(folder) or []
 
 
 def agreement_lines(trees: list[str], checks: list[dict]) -> list[str]:

@@ -661,7 +661,7 @@ def session_count(run: RunRecord) -> str:
 
 def minutes_note(finished: list[RunRecord]) -> str:
     """Why `minutes / run` is a record of these runs and not a measure of speed."""
-    resumed = sum(1 for r in finished if r.provenance and r.provenance.get("resumes"))
+    resumed = sum(1 for r in finished if session_count(r) not in ("-", "1"))
     text = ("`minutes / run` sums the seconds of each run's epochs (metrics.csv, mean over seeds): what the runs "
             "took where they ran, not a speed measure, since another run or a test beside one slows it; "
             "`benchmarks/` measure speed side by side.")
