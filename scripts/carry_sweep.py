@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from selfreg.errors import UserError, output_folder  # noqa: E402
 from selfreg.sweep import write_record  # noqa: E402
-from selfreg.weightfiles import load_checkpoint  # noqa: E402
+from selfreg.weightfiles import current_umask, load_checkpoint  # noqa: E402
 
 MANIFEST = "carry.json"
 
@@ -45,10 +45,19 @@ MANIFEST = "carry.json"
 # ---------------------------------------------------------------------------------------
 # Where a run stands
 
-def checkpoint_epoch(run_dir: Path) -> int:
-    """The epoch the run's last checkpoint resumes after; 0 when it has none."""
+def checkpoint_position(run_dir: Path) -> tuple[int, int]:
+    """(epochs done, batches done of the next) where the run's last checkpoint resumes; (0, 0)
+    when it has none. A checkpoint written on Ctrl-C mid-epoch has batches > 0."""
     last = run_dir / "checkpoints" / "last.pt"
-    return int(load_checkpoint(last)["epoch"]) if last.is_file() else 0
+    if not last.is_file():
+        return 0, 0
+    state = load_checkpoint(last)
+    return int(state["epoch"]), int((state.get("progress") or {}).get("batches", 0))
+
+
+def position_text(run: dict) -> str:
+    batches = f" + {run['batches']} batches" if run["batches"] else ""
+    return f"epoch {run['epoch']}{batches} of {run['epochs']}"
 
 
 def planned_epochs(run_dir: Path) -> int:
@@ -87,17 +96,18 @@ def save(sweep: Path, archive: Path, log=print) -> list[dict]:
         if is_finished(run_dir):
             log(f"{run['dir']}: finished, not carried (publish it)")
             continue
-        epoch = checkpoint_epoch(run_dir)
-        if epoch == 0:
+        epoch, batches = checkpoint_position(run_dir)
+        if (epoch, batches) == (0, 0):
             log(f"{run['dir']}: no checkpoint yet, nothing to carry")
             continue
-        carried.append({**run, "epoch": epoch, "epochs": planned_epochs(run_dir)})
+        carried.append({**run, "epoch": epoch, "batches": batches, "epochs": planned_epochs(run_dir)})
     if not carried:
         raise UserError(f"{sweep} has no unfinished run with a checkpoint; nothing to carry")
     manifest = {"sweep": record.get("name"), "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "host": socket.gethostname(), "runs": carried}
     output_folder(archive.parent, "choose another archive path or fix its permissions")
     fd, tmp = tempfile.mkstemp(prefix=archive.name + ".", suffix=".tmp", dir=archive.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())          # mkstemp's 0600: the archive is a file to share
     os.close(fd)
     try:
         with tarfile.open(tmp, "w:xz") as tar:
@@ -111,7 +121,7 @@ def save(sweep: Path, archive: Path, log=print) -> list[dict]:
     finally:
         Path(tmp).unlink(missing_ok=True)
     for run in carried:
-        log(f"{run['dir']}: carried at epoch {run['epoch']} of {run['epochs']}")
+        log(f"{run['dir']}: carried at {position_text(run)}")
     log(f"{archive}: {archive.stat().st_size / 1e6:.1f} MB")
     return carried
 
@@ -145,7 +155,7 @@ def restore(archive: Path, sweep: Path, log=print) -> list[dict]:
                 members = [m for m in tar.getmembers() if m.name == wanted[1] or m.name == wanted[0]
                            or m.name.startswith(wanted[0] + "/")]
                 tar.extractall(sweep, members=members, filter="data")
-                log(f"{run['dir']}: restored at epoch {run['epoch']} of {run['epochs']} "
+                log(f"{run['dir']}: restored at {position_text(run)} "
                     f"(saved {manifest['saved']} on {manifest['host']})")
             record = yaml.safe_load(tar.extractfile("sweep.yaml").read()) or {}
     except (tarfile.TarError, lzma.LZMAError, EOFError, KeyError, json.JSONDecodeError):
@@ -172,12 +182,13 @@ def newer_than_there(run: dict, sweep: Path, manifest: dict, log) -> bool:
         log(f"{run['dir']}: finished here, kept")
         return False
     try:
-        epoch = checkpoint_epoch(there)
+        here = checkpoint_position(there)
     except UserError as exc:
         log(f"{run['dir']}: {exc}; replacing it with the archived run")
         return True
-    if epoch >= run["epoch"]:
-        log(f"{run['dir']}: at epoch {epoch} here, archive at {run['epoch']}: kept")
+    if here >= (run["epoch"], run["batches"]):
+        log(f"{run['dir']}: as far or further on here ({position_text({**run, 'epoch': here[0], 'batches': here[1]})}) "
+            f"than the archive ({position_text(run)}): kept")
         return False
     return True
 

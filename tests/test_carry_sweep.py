@@ -54,6 +54,9 @@ def test_a_carried_sweep_resumes_into_the_uninterrupted_run(tmp_path):
     assert [r["dir"] for r in carry.restore(archive, sweep, log=log)] == ["resnet20/s0"]
     assert said[0].startswith("resnet20/s0: restored at epoch 1 of 2 (saved ")
     assert yaml.safe_load((sweep / "sweep.yaml").read_text())["name"] == "tiny"
+    said, log = lines()
+    assert carry.restore(archive, sweep, log=log) == []         # restored twice: the same state
+    assert said == ["resnet20/s0: as far or further on here (epoch 1 of 2) than the archive (epoch 1 of 2): kept"]
 
     resumed = run(cmd, timeout=200)
     assert resumed.returncode == 0, resumed.stderr
