@@ -15,6 +15,7 @@ from procs import env_with_src, run, spawn, torchrun
 from selfreg.analysis.report import build_report, collect
 from selfreg.errors import UserError
 from selfreg.factory import create_model, list_models
+from selfreg.launch import status_line
 from selfreg.sweep import expand, job_state, run_sweep
 
 RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweep" in (yaml.safe_load(p.read_text()) or {}))
@@ -153,6 +154,9 @@ def test_changed_recipe_is_refused_and_more_epochs_resume(tiny_sweep):
         job_state(expand(path, out=tmp / "sw", overrides=["optim.lr=0.1"]).jobs[0])
     longer = expand(path, out=tmp / "sw", overrides=["train.epochs=2"], only=["resnet20"], seeds=[0])
     assert job_state(longer.jobs[0]) == "resume"
+    assert status_line(longer.jobs[0]) == ("resnet20 s0: started, not finished, epoch 1/2 "
+                                           "(running, or resumed by the sweep's command)")
+    assert status_line(expand(path, out=tmp / "elsewhere").jobs[0]) == "resnet20 s0: not started"
     result = run_sweep(longer, log=quiet)
     assert result["ran"] == 1
     rows = (longer.jobs[0].dir / "metrics.csv").read_text().splitlines()

@@ -329,7 +329,7 @@ def local_state(record: dict) -> str | None:
 
 def status_line(job: Job) -> str:
     """One line: label, seed, state (finished / failed with its error / queued / running / requeued
-    N times / lost / not started), and the SLURM job id where there is one."""
+    N times / lost / started, not finished / not started), and the SLURM job id where there is one."""
     record = read_record(record_path(job))
     starts = int(record.get("starts", 0))
     # A requeued job has not started again yet: each start after the first was a requeue.
@@ -351,7 +351,10 @@ def status_line(job: Job) -> str:
         return f"{job.name}: {live}{where}{progress(job)}"
     if record.get("job_id"):
         return f"{job.name}: lost (not in the queue, not finished){where}{progress(job)}; run the sweep again"
-    return f"{job.name}: not started{progress(job)}"
+    if (job.dir / "metrics.csv").is_file() or (job.dir / "checkpoints" / "last.pt").is_file():
+        # Run here, not through a launcher: nothing records whether its process still runs.
+        return f"{job.name}: started, not finished{progress(job)} (running, or resumed by the sweep's command)"
+    return f"{job.name}: not started"
 
 
 def progress(job: Job) -> str:
