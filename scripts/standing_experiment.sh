@@ -30,9 +30,10 @@ sweep_pids() { pgrep -f "selfreg sweep $RECIPE${1:-}" || true; }
 launch() {
     mkdir -p "$RUNS"
     # setsid: a session (and so an autogroup) of its own, which `stop` signals as one group.
-    (cd "$SRC" && PYTHONPATH="$SRC/src" setsid nohup bash -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec "$@"' \
+    # -f: setsid forks and returns at once; nothing here waits on the sweep or holds our output.
+    (cd "$SRC" && PYTHONPATH="$SRC/src" setsid -f nohup bash -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec "$@"' \
         sweep "$PY" -m selfreg sweep "$RECIPE" "data.root=$DATA" train.threads=1 -o "$SWEEP" "$@" \
-        >> "$RUNS/sweep-paper.log" 2>&1 < /dev/null &)
+        >> "$RUNS/sweep-paper.log" 2>&1 < /dev/null)
     echo "started: selfreg sweep $RECIPE $*; log $RUNS/sweep-paper.log"
 }
 
