@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from selfreg.errors import UserError, output_folder  # noqa: E402
-from selfreg.sweep import write_record  # noqa: E402
+from selfreg.sweep import run_finished, write_record  # noqa: E402
 from selfreg.weightfiles import current_umask, load_checkpoint  # noqa: E402
 
 MANIFEST = "carry.json"
@@ -66,8 +66,8 @@ def planned_epochs(run_dir: Path) -> int:
 
 
 def is_finished(run_dir: Path) -> bool:
-    summary = run_dir / "summary.json"
-    return summary.is_file() and json.loads(summary.read_text()).get("epochs", 0) >= planned_epochs(run_dir)
+    """Finished by the run's own config.yaml (what it was last resumed to train)."""
+    return run_finished(run_dir, planned_epochs(run_dir))
 
 
 def sweep_record(sweep: Path) -> dict:

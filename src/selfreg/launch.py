@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
-from .sweep import Job, Plan, SweepInterrupted, job_state, prepare, prepare_all
+from .sweep import Job, Plan, SweepInterrupted, job_state, prepare, prepare_all, run_finished
 
 LAUNCHERS = ("slurm", "local")
 # States of a job record that mean "the scheduler still has it": never submitted twice.
@@ -336,12 +336,9 @@ def status_line(job: Job) -> str:
     count = starts if record.get("state") == "requeued" else starts - 1
     requeues = f", requeued {count}x" if count > 0 else ""
     where = f" (job {record['job_id']}{requeues})" if record.get("job_id") else ""
-    summary = job.dir / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        if s.get("epochs", 0) >= job.config.train.epochs:
-            return (f"{job.name}: finished, final val acc {100 * s['final_val_acc']:.2f}% "
-                    f"({s['epochs']} epochs){where}")
+    if run_finished(job.dir, job.config.train.epochs):
+        s = json.loads((job.dir / "summary.json").read_text())
+        return f"{job.name}: finished, final val acc {100 * s['final_val_acc']:.2f}% ({s['epochs']} epochs){where}"
     failed = job.dir / "failed.txt"
     if record.get("state") == "failed" or failed.is_file():
         error = record.get("error") or (failed.read_text().strip() if failed.is_file() else "no error recorded")

@@ -206,12 +206,17 @@ def job_state(job: Job) -> str:
     if not (job.dir / "config.yaml").is_file():
         return "new"
     check_same_config(job)
-    summary = job.dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("epochs", 0) >= job.config.train.epochs:
+    if run_finished(job.dir, job.config.train.epochs):
         return "done"
     if (job.dir / "checkpoints" / "last.pt").is_file():
         return "resume"
     return "new"
+
+
+def run_finished(run_dir: Path, epochs: int) -> bool:
+    """Whether the run folder's summary.json reports at least `epochs` epochs."""
+    summary = run_dir / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("epochs", 0) >= epochs
 
 
 def check_same_config(job: Job) -> None:
