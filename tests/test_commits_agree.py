@@ -51,30 +51,27 @@ def repo(tmp_path_factory):
     return root, load_script(str(root / "scripts" / "commits_agree.py")), commits
 
 
-def test_same_code_agrees_and_a_changed_recipe_does_not(repo, capsys):
-    root, script, (first, comment, lr) = repo
-    assert script.main(["configs/demo.yaml", first, comment, lr[:10], "--models", "resnet20", *TINY]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"resnet20: {comment[:12]} against {first[:12]}: bit-identical"
-    assert lines[1].startswith(f"resnet20: {lr[:12]} against {first[:12]}: ")
-    assert "tensors differ, e.g. model." in lines[1]
-
-
 def test_a_name_that_is_no_commit_is_one_line(repo):
     root, script, (first, _, _) = repo
     with pytest.raises(SystemExit, match=r"'nope' is not a commit of "):
         script.main(["configs/demo.yaml", first, "nope", "--models", "resnet20", *TINY])
 
 
-def test_recorded_checks_are_cited_by_the_report(repo, tmp_path, capsys):
-    """--record keeps the verdicts in commits_agree.json; `selfreg report` on that folder says which of its
-    runs' source trees were measured to train the same run, which another, which were never checked."""
+def test_same_code_agrees_a_changed_recipe_does_not_and_the_report_cites_the_record(repo, tmp_path, capsys):
+    """The comment-only commit trains the same run bit for bit, the new learning rate another (exit 1).
+    --record keeps the verdicts in commits_agree.json; `selfreg report` on that folder says which of its
+    runs' source trees were measured to train the same run, which another, which were never checked.
+    (One test: each check trains at three commits.)"""
     root, script, (first, comment, lr) = repo
     results = tmp_path / "results"
     results.mkdir()
-    assert script.main(["configs/demo.yaml", first, comment, lr, "--models", "resnet20", *TINY,
+    assert script.main(["configs/demo.yaml", first, comment, lr[:10], "--models", "resnet20", *TINY,
                         "--record", str(results)]) == 1
-    assert capsys.readouterr().out.splitlines()[-1] == f"recorded in {results / provenance.AGREEMENT_FILE}"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"resnet20: {comment[:12]} against {first[:12]}: bit-identical"
+    assert lines[1].startswith(f"resnet20: {lr[:12]} against {first[:12]}: ")
+    assert "tensors differ, e.g. model." in lines[1]
+    assert lines[-1] == f"recorded in {results / provenance.AGREEMENT_FILE}"
     checks = provenance.read_agreement(results)
     assert [(c["commit"], c["identical"]) for c in checks] == [(comment, True), (lr, False)]
     assert all(c["reference"] == first and c["model"] == "resnet20" and "1 threads" in c["device"] for c in checks)

@@ -1,9 +1,12 @@
 """torchrun with 2 CPU processes (gloo): identical weights on both ranks, one checkpoint,
-and the same result as one process with the same global batch."""
+the same result as one process with the same global batch, and rank 0 alone logging."""
+import glob
+
 import pytest
 import torch
 
 from procs import selfreg_in_process, torchrun
+from trackers import mlflow_runs, offline_wandb
 from selfreg.train.checkpoint import load_checkpoint
 
 # GroupNorm: a batch split over 2 processes normalises exactly as one process does
@@ -13,8 +16,8 @@ ARGS = ["data.image_size=8", "train.epochs=2", "optim.lr=0.02", "data.batch_size
         "data.augment=none", "sched.milestones=[1]"]
 
 
-def train(out, name, nproc):
-    args = ["train", "configs/demo.yaml", *ARGS, f"train.out_dir={out}", f"train.run_name={name}"]
+def train(out, name, nproc, *extra):
+    args = ["train", "configs/demo.yaml", *ARGS, f"train.out_dir={out}", f"train.run_name={name}", *extra]
     # One process: in this one (one thread, as each rank), sparing an interpreter start.
     proc = torchrun(nproc, *args, timeout=240) if nproc > 1 else selfreg_in_process(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -22,10 +25,18 @@ def train(out, name, nproc):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process(tmp_path):
-    ddp = train(tmp_path, "ddp", nproc=2)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")   # its sqlite store's own SQLAlchemy warnings
+def test_two_process_ddp_matches_single_process_and_rank_0_alone_logs(tmp_path, monkeypatch):
+    """Also the loggers under DDP (one torchrun serves both checks): one MLflow run, one W&B run,
+    one metrics.csv, all from rank 0."""
+    trackers = tmp_path.parent / f"{tmp_path.name}-trackers"
+    offline_wandb(monkeypatch, trackers)
+    ddp = train(tmp_path, "ddp", 2, "train.loggers=[csv, mlflow, wandb]", f"train.mlflow_uri={trackers / 'mlruns'}")
     assert "weights identical across 2 ranks: yes" in ddp.stdout
-    train(tmp_path, "single", nproc=1)
+    _, runs = mlflow_runs(trackers / "mlruns")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(glob.glob(str(trackers / "wandb_dir" / "wandb" / "offline-run-*"))) == 1
+    train(tmp_path, "single", 1)
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["ddp", "single"]  # rank 1 wrote no run
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     a = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")

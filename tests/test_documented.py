@@ -10,7 +10,7 @@ Collected, never listed by hand, so a new command or recipe is covered without e
   header's own `selfreg train` / `selfreg sweep` command (a grid point with `--only LABEL`).
 
 Each command runs in its smoke form through `selfreg.cli.main` in this process (a torchrun
-command also as torchrun with 2 CPU processes, slow), in a fresh folder that stands in for the
+command also as torchrun with 2 CPU processes, slow, the first of each subcommand and recipe), in a fresh folder that stands in for the
 repository root, so `runs/...`, `configs/...` and `data` resolve as they do for a user there:
 
 - `data` holds tiny datasets in their real on-disk formats (tests/dataset_writers.py: CIFAR-10/100,
@@ -271,13 +271,21 @@ def collect() -> tuple[list[Command], dict[Path, Command]]:
                 primary[path] = cmd
             if primary.get(path) is not cmd or cmd.launcher:     # torchrun: also run as such (slow)
                 found.append((cmd.where, text, ""))
-    commands, seen = [], {}
+    commands, seen, distributed = [], {}, set()
     covered = {p.key() for p in primary.values() if not p.launcher}   # run by test_recipe_trains_one_step
     for where, text, context in found:
         cmd = dataclasses.replace(parse_command(where, text), context=context)
-        # A torchrun command runs as such (slow), and its selfreg part alone in this process.
-        for one in [cmd] + ([dataclasses.replace(cmd, where=where + ":no-torchrun", launcher=[])]
-                            if cmd.launcher else []):
+        # A torchrun command runs as such (slow), and its selfreg part alone in this process. Under
+        # torchrun only the first of a subcommand and its recipe: a second one differs in overrides
+        # (an augmentation, an output folder), which its in-process run checks without two more torch
+        # processes and a gloo group.
+        if cmd.launcher:
+            alone = dataclasses.replace(cmd, where=where + ":no-torchrun", launcher=[])
+            variants = [alone] if tuple(cmd.argv[:2]) in distributed else [cmd, alone]
+            distributed.add(tuple(cmd.argv[:2]))
+        else:
+            variants = [cmd]
+        for one in variants:
             key = one.key()
             if key not in seen and key not in covered:
                 seen[key] = one

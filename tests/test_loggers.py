@@ -1,7 +1,7 @@
 """Loggers as a table (`train.loggers`, selfreg.train.loggers): names checked before anything is
 built, metrics.csv always written, the MLflow run read back through MlflowClient, the W&B run
 written offline and read back from its .wandb file, failures at start (one line) and mid-run
-(one warning, training goes on), rank 0 only, resumes that add loggers and stay exact. No network:
+(one warning, training goes on), resumes that add loggers and stay exact. No network:
 MLflow on a local sqlite store, W&B in offline mode under tmp_path."""
 import glob
 import json
@@ -24,6 +24,7 @@ from selfreg.train.loggers.csv_log import CSVLogger
 from selfreg.train.loggers.mlflow_log import MLflowLogger
 from selfreg.train.loggers.tensorboard_log import TensorBoardLogger
 from selfreg.train.logging import read_metrics
+from trackers import mlflow_client, mlflow_runs, offline_wandb
 
 # MLflow's sqlite store warns of SQLAlchemy deprecations of its own.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
@@ -35,30 +36,6 @@ quiet = {"log": lambda s: None}
 
 def tiny(out, *extra, name="r"):
     return load_config(None, [*TINY, f"train.out_dir={out}", f"train.run_name={name}", *extra])
-
-
-def offline_wandb(mp: pytest.MonkeyPatch, root: Path) -> None:
-    """W&B offline, every folder it writes under `root`; MLflow only where a test points it."""
-    for var, sub in (("WANDB_DIR", "wandb_dir"), ("WANDB_CONFIG_DIR", "wandb_config"),
-                     ("WANDB_CACHE_DIR", "wandb_cache"), ("WANDB_DATA_DIR", "wandb_data")):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        mp.setenv(var, str(root / sub))
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_SILENT", "true")
-    mp.delenv("WANDB_API_KEY", raising=False)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def mlflow_client(folder: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-
-
-def mlflow_runs(folder: Path, experiment: str = "selfreg"):
-    client = mlflow_client(folder)
-    exp = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
 def wandb_records(wandb_dir: Path) -> list:
@@ -322,18 +299,4 @@ def test_a_resume_may_change_the_loggers_and_stays_exact(tmp_path, monkeypatch):
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
 
 
-# ---------------------------------------------------------------------------------- DDP
-@pytest.mark.slow
-def test_only_rank_0_logs_under_ddp(tmp_path, monkeypatch):
-    from procs import torchrun
-
-    offline_wandb(monkeypatch, tmp_path)
-    args = ["train", "configs/demo.yaml", *TINY, "data.batch_size=64", "model.kwargs.norm_layer=group",
-            f"train.out_dir={tmp_path / 'runs'}", "train.run_name=ddp", "train.loggers=[csv, mlflow, wandb]",
-            f"train.mlflow_uri={tmp_path / 'mlruns'}"]
-    proc = torchrun(2, *args, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _, runs = mlflow_runs(tmp_path / "mlruns")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert len(glob.glob(str(tmp_path / "wandb_dir" / "wandb" / "offline-run-*"))) == 1
-    assert [r["epoch"] for r in csv_rows(tmp_path / "runs" / "ddp")] == [1, 2]
+# Rank 0 alone logs under DDP: tests/test_distributed.py (its torchrun run logs to all three).
