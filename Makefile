@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Re-install when the dependency list changes. pip takes torch/torchvision from this
-# machine's disk (their ranges in pyproject.toml admit the local builds).
+# machine's disk (their ranges in pyproject.toml admit the local builds). --no-compile: Python
+# compiles a module to bytecode when it is first imported, so only what runs is compiled
+# (pip would compile every file of torch, mlflow, ...: about a minute of a fresh 2-core setup).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
