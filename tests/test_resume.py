@@ -11,7 +11,7 @@ import torch
 from procs import selfreg_in_process, spawn
 from selfreg.train.checkpoint import load_checkpoint
 
-ARGS = ["data.image_size=16", "train.epochs=3", "data.batch_size=32", "model.name=resnet20",
+ARGS = ["data.image_size=16", "data.subset=640", "train.epochs=3", "data.batch_size=32", "model.name=resnet20",
         "train.threads=1", "train.plot=false", "sched.milestones=[2]", "data.augment=shift",
         "train.progress=none", "train.tensorboard=false"]
 
