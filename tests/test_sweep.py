@@ -10,8 +10,8 @@ import torch
 import yaml
 
 import dataset_writers as w
-from conftest import REPO, run_cli, selfreg_in_process
-from procs import env_with_src, run, spawn, torchrun
+from conftest import REPO, selfreg_in_process
+from procs import env_with_src, spawn, torchrun
 from selfreg.analysis.report import build_report, collect
 from selfreg.errors import UserError
 from selfreg.factory import create_model, list_models
@@ -283,7 +283,8 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)        # mid-run, after one epoch's checkpoint
         proc.wait()
-    restarted = run(base + ["-o", str(tmp_path / "cut")], env=env, timeout=300)
+    # The same command again, in this process: what is tested is what the killed one left.
+    restarted = selfreg_in_process("sweep", path, "-o", tmp_path / "cut")
     assert restarted.returncode == 0, restarted.stderr
     assert "to resume" in restarted.stdout
     for label in ("resnet20", "rrnet20_gru"):
@@ -296,8 +297,9 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_sweep_runs_processes_and_logs(cli, tmp_path):
+    # The sweep itself in this process: what is tested is its child processes, a run each.
     path = write_recipe(tmp_path)
-    proc = run_cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw")
+    proc = cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for label in ("resnet20", "rrnet20_gru"):
         for seed in (0,):
@@ -308,7 +310,7 @@ def test_parallel_sweep_runs_processes_and_logs(cli, tmp_path):
     # More epochs on the same folder: each --parallel run resumes with its changed keys passed as
     # overrides (the engine alone writes the run's config.yaml) and trains the extra epoch.
     epochs = json.loads((tmp_path / "sw" / "resnet20" / "s0" / "summary.json").read_text())["epochs"]
-    proc = run_cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw", f"train.epochs={epochs + 1}")
+    proc = cli("sweep", path, "--parallel", "2", "--seeds", "0", "-o", tmp_path / "sw", f"train.epochs={epochs + 1}")
     assert proc.returncode == 0 and "2 to resume" in proc.stdout, proc.stdout + proc.stderr
     for label in ("resnet20", "rrnet20_gru"):
         run_dir = tmp_path / "sw" / label / "s0"
