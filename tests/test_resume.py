@@ -105,6 +105,21 @@ def test_sigint_mid_epoch_saves_then_resume_is_exact(tmp_path, reference):
         assert float(rows[state["epoch"] + 1].split(",")[col]) >= stopped["seconds"] > 0
 
 
+@pytest.mark.slow
+def test_more_sigints_while_it_stops_save_once_and_print_no_traceback(tmp_path):
+    """As a `sweep --parallel` run gets them (the terminal's Ctrl-C, then the sweep's own): SIGINT
+    after SIGINT until the process is gone. One checkpoint message, exit 130, no traceback."""
+    with start(tmp_path, "twice") as proc:
+        wait_for_checkpoint(tmp_path / "twice", proc)
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.005)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("saved a checkpoint") == 1, err
+    assert final_state(tmp_path / "twice")["epoch"] < 3
+
+
 def test_resume_of_a_folder_that_is_not_a_run(cli, tmp_path):
     proc = cli("train", "--resume", tmp_path)
     assert proc.returncode == 2 and "not a run directory" in proc.stderr

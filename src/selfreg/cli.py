@@ -10,6 +10,7 @@ datasets and every model family.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .errors import UserError, output_folder
@@ -476,5 +477,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The `selfreg` command and `python -m selfreg`: `main`, then, once stopped by SIGINT, deaf to more.
+
+    A run can get SIGINT twice: a terminal's Ctrl-C (or `kill -INT -PGID`) reaches every process of
+    a `selfreg sweep --parallel K`, and the sweep passes one on to each run it started, since a
+    signal sent to it alone reaches none of them. The first saves the checkpoint; a second that lands
+    after it, while the process ends, must not end it with a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:     # the second arrived while main was handling the first
+        code = 130
+    if code == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())
