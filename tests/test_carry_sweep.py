@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from conftest import load_script, selfreg_in_process
-from procs import env_with_src, run, spawn
+from procs import env_with_src, spawn
 from selfreg.errors import UserError
 from selfreg.sweep import expand, run_sweep
 from test_sweep import TINY, metrics_without_time, quiet, write_recipe
@@ -58,7 +58,7 @@ def test_a_carried_sweep_resumes_into_the_uninterrupted_run(tmp_path):
     assert carry.restore(archive, sweep, log=log) == []         # restored twice: the same state
     assert said == ["resnet20/s0: as far or further on here (epoch 1 of 2) than the archive (epoch 1 of 2): kept"]
 
-    resumed = run(cmd, timeout=200)
+    resumed = selfreg_in_process("sweep", path, "-o", sweep)     # the same command, in this process
     assert resumed.returncode == 0, resumed.stderr
     assert "1 to resume" in resumed.stdout
     ours, theirs = sweep / "resnet20" / "s0", tmp_path / "ref" / "resnet20" / "s0"
