@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from selfreg.errors import UserError, output_folder  # noqa: E402
-from selfreg.sweep import run_finished, write_record  # noqa: E402
+from selfreg.sweep import read_sweep_record, run_finished, write_record  # noqa: E402
 from selfreg.weightfiles import current_umask, load_checkpoint  # noqa: E402
 
 MANIFEST = "carry.json"
@@ -70,13 +70,6 @@ def is_finished(run_dir: Path) -> bool:
     return run_finished(run_dir, planned_epochs(run_dir))
 
 
-def sweep_record(sweep: Path) -> dict:
-    path = sweep / "sweep.yaml"
-    if not path.is_file():
-        raise UserError(f"{sweep} has no sweep.yaml; pass the folder `selfreg sweep -o` wrote")
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def log_path(sweep: Path, run: dict) -> Path:
     """The run's output when the sweep ran it in a subprocess (--parallel)."""
     return sweep / "logs" / f"{run['label']}-s{run['seed']}.log"
@@ -87,7 +80,7 @@ def log_path(sweep: Path, run: dict) -> Path:
 
 def save(sweep: Path, archive: Path, log=print) -> list[dict]:
     """Pack SWEEP's unfinished runs into ARCHIVE (replaced atomically); return what was packed."""
-    record = sweep_record(sweep)
+    record = read_sweep_record(sweep)
     carried = []
     for run in record.get("runs", []):
         run_dir = sweep / run["dir"]

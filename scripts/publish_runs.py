@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from selfreg import pretrained  # noqa: E402
 from selfreg.errors import UserError, check_writable, output_folder  # noqa: E402
-from selfreg.sweep import write_record  # noqa: E402
+from selfreg.sweep import read_sweep_record, write_record  # noqa: E402
 
 RESULT_FILES = ("config.yaml", "summary.json", "metrics.csv", "speed.json", "provenance.json")
 LOGITS = REPO / "tests" / "data" / "pretrained_logits.json"
@@ -68,10 +68,7 @@ def reference_input(in_chans: int, size: tuple[int, int]) -> torch.Tensor:
 
 def finished_runs(sweep: Path) -> tuple[dict, list[dict]]:
     """The sweep record, and its runs (label, seed, dir) whose summary.json exists, in its order."""
-    record_path = sweep / "sweep.yaml"
-    if not record_path.is_file():
-        raise UserError(f"{sweep} has no sweep.yaml; pass the folder `selfreg sweep -o` wrote")
-    record = yaml.safe_load(record_path.read_text()) or {}
+    record = read_sweep_record(sweep)
     return record, [run for run in record.get("runs", []) if (sweep / run["dir"] / "summary.json").is_file()]
 
 

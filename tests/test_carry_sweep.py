@@ -106,4 +106,4 @@ def test_bad_archives_and_folders_are_one_line_errors(finished_sweep, tmp_path, 
     assert len(err.splitlines()) == 1 and err.startswith("carry_sweep: error: ")
     assert ("not a readable carry archive" if content is not None else "no archive at") in err
     assert carry.main(["save", str(tmp_path), str(archive)]) == 2
-    assert "has no sweep.yaml" in capsys.readouterr().err
+    assert "is not a sweep folder (no sweep.yaml)" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def test_records_only_rewrites_commands_and_layouts_from_the_results_folder(publ
 
 
 def test_nothing_finished_is_a_one_line_error(publish_runs, tmp_path):
-    with pytest.raises(UserError, match="has no sweep.yaml"):
+    with pytest.raises(UserError, match="is not a sweep folder \\(no sweep.yaml\\)"):
         publish_runs.publish(tmp_path, "unused", tmp_path / "r", "t", 0, tmp_path / "w", tmp_path / "l.json")
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"runs": [{"label": "a", "seed": 0, "dir": "a/s0"}]}))
     with pytest.raises(UserError, match="no finished run"):

@@ -478,18 +478,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The `selfreg` command and `python -m selfreg`: `main`, then, once stopped by SIGINT, deaf to more.
+    """The `selfreg` command and `python -m selfreg`: `main`, stopped by the first SIGINT only
+    (selfreg.stopping: a run of a `sweep --parallel` gets the terminal's and the sweep's)."""
+    from .stopping import first_stops, ignore_if_stopping
 
-    A run can get SIGINT twice: a terminal's Ctrl-C (or `kill -INT -PGID`) reaches every process of
-    a `selfreg sweep --parallel K`, and the sweep passes one on to each run it started, since a
-    signal sent to it alone reaches none of them. The first saves the checkpoint; a second that lands
-    after it, while the process ends, must not end it with a traceback."""
+    signal.signal(signal.SIGINT, first_stops)
     try:
         code = main()
-    except KeyboardInterrupt:     # the second arrived while main was handling the first
+    except KeyboardInterrupt:      # arrived while main was handling another way of ending
         code = 130
-    if code == 130:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_if_stopping()
     return code
 
 

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
-from .sweep import Job, Plan, SweepInterrupted, job_state, prepare, prepare_all, run_finished
+from .sweep import (Job, Plan, SweepInterrupted, job_state, prepare, prepare_all, read_sweep_record,
+                    run_finished)
 
 LAUNCHERS = ("slurm", "local")
 # States of a job record that mean "the scheduler still has it": never submitted twice.
@@ -371,13 +372,8 @@ def status(plan: Plan, log: Callable[[str], None] = print) -> list[str]:
 
 def plan_from_folder(folder: str | Path, expand_fn) -> Plan:
     """The plan a sweep folder records (sweep.yaml: recipe, runs, overrides), for --status."""
-    import yaml
-
     folder = Path(folder)
-    record_file = folder / "sweep.yaml"
-    if not record_file.is_file():
-        raise UserError(f"{folder} is not a sweep folder (no sweep.yaml); pass the folder `selfreg sweep` wrote")
-    record = yaml.safe_load(record_file.read_text()) or {}
+    record = read_sweep_record(folder)
     jobs = []
     for run in record.get("runs", []):
         config_path = folder / "configs" / f"{run['label']}-s{run['seed']}.yaml"

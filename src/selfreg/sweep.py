@@ -305,6 +305,14 @@ def prepare_all(plan: Plan, command: str) -> list[str]:
     return [prepare(job) for job in plan.jobs]
 
 
+def read_sweep_record(folder: str | Path) -> dict:
+    """The record (sweep.yaml) of a folder `selfreg sweep` wrote; any other folder is a user error."""
+    path = Path(folder) / "sweep.yaml"
+    if not path.is_file():
+        raise UserError(f"{folder} is not a sweep folder (no sweep.yaml); pass the folder `selfreg sweep` wrote")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def write_record(path: Path, new: dict) -> None:
     """Merge into an existing sweep.yaml, so that sweeps of parts (--only, more seeds) add up."""
     if path.is_file():

@@ -39,6 +39,7 @@ from ..data.datasets import data_source
 from ..errors import UserError, check_writable
 from ..factory import create_model, sized_kwargs
 from ..stats import mean_std
+from ..stopping import note_stop
 from ..version import __version__
 from ..weightfiles import checkpoint_state
 from . import autotune
@@ -127,6 +128,7 @@ class StopFlag:
     def _handle(self, signum, frame):
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        note_stop()           # a selfreg command ignores any SIGINT after this one (selfreg.stopping)
 
 
 def set_determinism(on: bool, device: torch.device) -> None:
