@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Re-install when the dependency list changes. pip takes torch/torchvision from this
-# machine's disk (their ranges in pyproject.toml admit the local builds). --no-compile: Python
-# compiles a module to bytecode when it is first imported, so only what runs is compiled
-# (pip would compile every file of torch, mlflow, ...: about a minute of a fresh 2-core setup).
+# machine's disk (their ranges in pyproject.toml admit the local builds). pip compiles every
+# module to bytecode here (about a minute): keep it, since where PYTHONDONTWRITEBYTECODE is set
+# (these machines) Python would otherwise compile torch again in every process that imports it
+# (import torch: 2 s -> 5 s; the suite starts hundreds of processes).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
