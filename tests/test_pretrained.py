@@ -404,14 +404,17 @@ def test_post_import_hook_runs_once_the_module_has_loaded(tmp_path, monkeypatch,
 
 
 # ---------------------------------------------------------------------------- benchmarks/reeval_pretrained.py
-def test_reeval_script_help_and_empty_manifest(tmp_path):
+def test_reeval_script_help_and_empty_manifest(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import reeval_pretrained
+
+    with pytest.raises(SystemExit) as done:
+        reeval_pretrained.main(["--help"])
+    assert done.value.code == 0 and "--data DIR" in capsys.readouterr().out
     pretrained.write_manifest([], tmp_path)
-    script = REPO / "benchmarks" / "reeval_pretrained.py"
-    help_ = run([sys.executable, script, "--help"], timeout=60, env=env_with_src())
-    assert help_.returncode == 0 and "--data DIR" in help_.stdout
-    none = run([sys.executable, script, "--data", tmp_path], timeout=60,
-               env=env_with_src(**{pretrained.ENV_DIR: str(tmp_path)}))
-    assert none.returncode == 0 and "No pretrained weights ship with selfreg yet" in none.stdout, none.stderr
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path))
+    assert reeval_pretrained.main(["--data", str(tmp_path)]) == 0
+    assert "No pretrained weights ship with selfreg yet" in capsys.readouterr().out
 
 
 def test_reeval_script_measures_with_selfreg_eval(tmp_path, monkeypatch, capsys):
