@@ -109,20 +109,32 @@ def table_rows(names: list[str], num_classes: int) -> list[Row]:
     return rows
 
 
-def markdown(pattern: str = "*", num_classes: int = 10) -> str:
-    rows = table_rows(list_models(pattern), num_classes)
+def size_line(r: Row) -> str:
+    """A model's line of the page's first table: what measuring it gives."""
+    return (f"| `{r.name}` | {r.meta.get('family', '')} | {r.params_small:,} | {human(r.macs_small)} | "
+            f"{r.native} | {r.params_native:,} | {human(r.macs_native)} | {r.meta.get('source', '?')} | "
+            f"{r.meta.get('paper', '')} |")
+
+
+def origin_line(name: str) -> str:
+    """A model's line of the page's second table: from its registry entry alone."""
+    meta = model_entry(name).meta
+    recipe = f"`{meta['recipe']}`" if "recipe" in meta else ""
+    return (f"| `{name}` | {meta.get('origin', meta.get('source', ''))} | "
+            f"{meta.get('adapt', 'none: takes any size as built')} | {recipe} |")
+
+
+def page(names: list[str], size_lines: list[str], num_classes: int = 10) -> str:
+    """The page around the measured lines (so tests can check each model's line on its own)."""
     lines = [HEADER.format(num_classes=num_classes), "## Parameters and multiply-adds", "",
              "| model | family | params 32x32 | MACs 32x32 | native | params native | MACs native | source | paper |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in rows:
-        lines.append(f"| `{r.name}` | {r.meta.get('family', '')} | {r.params_small:,} | {human(r.macs_small)} | "
-                     f"{r.native} | {r.params_native:,} | {human(r.macs_native)} | {r.meta.get('source', '?')} | "
-                     f"{r.meta.get('paper', '')} |")
-    lines += ["", "## Origin, small-input adaptation and recipe", "",
-              "| model | built from | at <= 64 px | recipe |", "| --- | --- | --- | --- |"]
-    for r in rows:
-        meta = r.meta
-        recipe = f"`{meta['recipe']}`" if "recipe" in meta else ""
-        lines.append(f"| `{r.name}` | {meta.get('origin', meta.get('source', ''))} | "
-                     f"{meta.get('adapt', 'none: takes any size as built')} | {recipe} |")
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |", *size_lines,
+             "", "## Origin, small-input adaptation and recipe", "",
+             "| model | built from | at <= 64 px | recipe |", "| --- | --- | --- | --- |",
+             *map(origin_line, names)]
     return "\n".join(lines) + "\n"
+
+
+def markdown(pattern: str = "*", num_classes: int = 10) -> str:
+    names = list_models(pattern)
+    return page(names, [size_line(r) for r in table_rows(names, num_classes)], num_classes)
