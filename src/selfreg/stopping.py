@@ -8,8 +8,8 @@ short nor end the process with a traceback.
 
 `cli.entry` installs `first_stops` for the command's whole life; the engine's StopFlag marks
 the stop it handled (`note_stop`), after which `first_stops` ignores the rest, and the command
-ends deaf to SIGINT (`ignore_if_stopping`). A program that
-calls selfreg's API keeps its own SIGINT handler: neither is installed there.
+ends deaf to SIGINT (`ignore_if_stopping`). A program that calls selfreg's API keeps its own
+SIGINT handler: neither is installed there.
 """
 from __future__ import annotations
 
