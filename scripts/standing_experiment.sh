@@ -52,7 +52,10 @@ start() {
     if [ -z "$(sweep_pids)" ]; then
         [ -x "$PY" ] || make -C "$REPO" setup
         if [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf "$TARBALL" -C "$DATA"; fi
-        if [ -d "$SRC/.git" ]; then git -C "$SRC" pull -q --ff-only; else git clone -q "$REPO" "$SRC"; fi
+        # The clone is the sweep's copy of main and holds nothing of its own: it follows main even
+        # where main was rewritten before it landed (an amended commit), which a pull refuses.
+        if [ -d "$SRC/.git" ]; then git -C "$SRC" fetch -q origin main && git -C "$SRC" reset -q --hard FETCH_HEAD
+        else git clone -q "$REPO" "$SRC"; fi
         if [ -f "$ARCHIVE" ]; then "$PY" "$REPO/scripts/carry_sweep.py" restore "$ARCHIVE" "$SWEEP"; fi
     fi
     local regnets; regnets=$(unfinished_regnets)
