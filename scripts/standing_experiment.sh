@@ -8,6 +8,9 @@
 #   scripts/standing_experiment.sh stop     # Ctrl-C to the sweeps: each run keeps its checkpoint
 #   scripts/standing_experiment.sh save     # stop, then pack the unfinished runs into carry/ (commit it)
 #
+# Commit each save as a new commit, never by amending: `start` resumes the runs from main's head,
+# and their provenance names that commit, which scripts/commits_agree.py must check at publish time.
+#
 # The sweep runs from its own clone of this repository ($SELFREG_SRC), pulled at start, so edits
 # to the work tree never reach a run mid-way; its folder ($SELFREG_RUNS) lives outside the work
 # tree and is lost with the machine: `save` before a session stops, `start` restores it.
