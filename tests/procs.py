@@ -63,6 +63,32 @@ def selfreg(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProces
     return run([sys.executable, "-m", "selfreg", *args], timeout=timeout, **kwargs)
 
 
+# `python -m selfreg`, except that the process SIGKILLs itself just before writing epoch N's
+# checkpoint: a kill at a known point of a real run (polling its files for the moment to kill it
+# races runs whose epochs last milliseconds, and the kill could land after the run ended).
+_KILLED_BEFORE_CHECKPOINT = """
+import os, signal, sys
+from selfreg.train import engine
+save, kill_at = engine.Run.save, int(sys.argv.pop(1))
+def save_or_die(self, best=False):
+    if self.epoch >= kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(self, best)
+engine.Run.save = save_or_die
+from selfreg.cli import entry
+raise SystemExit(entry())
+"""
+
+
+def selfreg_killed_before_checkpoint(epoch: int, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m selfreg ARGS` SIGKILLed as its first run finishes epoch EPOCH, before that
+    epoch's checkpoint: what is left is the run at epoch EPOCH - 1, as a kill during EPOCH leaves it."""
+    done = run([sys.executable, "-c", _KILLED_BEFORE_CHECKPOINT, str(epoch), *args], timeout=timeout,
+               env=env_with_src())
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr)
+    return done
+
+
 def torchrun(nproc: int, *args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N -m selfreg ARGS`, one thread per rank."""
     kwargs.setdefault("env", env_with_src(OMP_NUM_THREADS="1"))

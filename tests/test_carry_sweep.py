@@ -1,15 +1,12 @@
 """scripts/carry_sweep.py: a sweep killed on one machine, carried as an archive, resumed on the next."""
 import shutil
-import signal
-import sys
-import time
 
 import pytest
 import torch
 import yaml
 
 from conftest import load_script, selfreg_in_process
-from procs import env_with_src, spawn
+from procs import selfreg_killed_before_checkpoint
 from selfreg.errors import UserError
 from selfreg.sweep import expand, run_sweep
 from test_sweep import TINY, metrics_without_time, quiet, write_recipe
@@ -24,17 +21,6 @@ def lines() -> tuple[list[str], callable]:
     return said, said.append
 
 
-def kill_after_first_epoch(cmd: list[str], metrics) -> None:
-    """Start the sweep and SIGKILL it once the run has written epoch 1 (and so its checkpoint)."""
-    with spawn(cmd, env=env_with_src()) as proc:
-        deadline = time.time() + 200
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2) and time.time() < deadline:
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.mark.slow
 def test_a_carried_sweep_resumes_into_the_uninterrupted_run(tmp_path):
     path = write_recipe(tmp_path, ONE_RUN)
@@ -42,8 +28,7 @@ def test_a_carried_sweep_resumes_into_the_uninterrupted_run(tmp_path):
     assert ref.returncode == 0, ref.stderr
 
     sweep, archive = tmp_path / "sw", tmp_path / "repo" / "carry" / "sw.tar.xz"
-    cmd = [sys.executable, "-m", "selfreg", "sweep", str(path), "-o", str(sweep)]
-    kill_after_first_epoch(cmd, sweep / "resnet20" / "s0" / "metrics.csv")
+    selfreg_killed_before_checkpoint(2, "sweep", path, "-o", sweep)     # killed in epoch 2
     said, log = lines()
     packed = carry.save(sweep, archive, log=log)
     assert [(r["dir"], r["epoch"], r["epochs"]) for r in packed] == [("resnet20/s0", 1, 2)]

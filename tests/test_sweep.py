@@ -1,8 +1,5 @@
 """`selfreg sweep` and `selfreg report`: grid expansion, skipping and resuming, reports, recipes."""
 import json
-import signal
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +8,7 @@ import yaml
 
 import dataset_writers as w
 from conftest import REPO, selfreg_in_process
-from procs import env_with_src, spawn, torchrun
+from procs import selfreg_killed_before_checkpoint, torchrun
 from selfreg.analysis.report import build_report, collect
 from selfreg.errors import UserError
 from selfreg.factory import create_model, list_models
@@ -269,20 +266,12 @@ def test_sweep_killed_and_restarted_matches_an_uninterrupted_one(tmp_path):
     recipe = {**TINY, "train": {**TINY["train"], "epochs": 2, "threads": 1},
               "sweep": {**TINY["sweep"], "seeds": [0]}}
     path = write_recipe(tmp_path, recipe)
-    env = env_with_src()
-    base = [sys.executable, "-m", "selfreg", "sweep", str(path)]
     # The uninterrupted sweep in this process (one thread, as the children's runs).
     ref = selfreg_in_process("sweep", path, "-o", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
 
-    first = tmp_path / "cut" / "resnet20" / "s0" / "metrics.csv"
-    with spawn(base + ["-o", str(tmp_path / "cut")], env=env) as proc:
-        deadline = time.time() + 300
-        while not (first.is_file() and len(first.read_text().splitlines()) >= 2) and time.time() < deadline:
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)        # mid-run, after one epoch's checkpoint
-        proc.wait()
+    # Killed in the first run's epoch 2, after epoch 1's checkpoint.
+    selfreg_killed_before_checkpoint(2, "sweep", path, "-o", tmp_path / "cut")
     # The same command again, in this process: what is tested is what the killed one left.
     restarted = selfreg_in_process("sweep", path, "-o", tmp_path / "cut")
     assert restarted.returncode == 0, restarted.stderr
