@@ -5,6 +5,7 @@ A tiny digits sweep (bundled data: offline) is published into tmp_path; the pack
 folder and tests/data are never written here.
 """
 import json
+import re
 import shutil
 
 import pytest
@@ -70,6 +71,8 @@ def test_publishes_results_weights_manifest_and_logits(publish_runs, sweep, tmp_
     assert "| resnet20 |" in build_report(results, tmp_path / "rep" / "report.md").read_text()
     table = (results / "weights.md").read_text()
     assert entries[0]["sha256"] in table and "digits-tiny-s0, digits-tiny (default)" in table
+    shipped = {e["tag"] for e in entries} | {a for e in entries for a in e["aliases"]}
+    assert set(re.findall(r'pretrained="([^"]+)"', table)) <= shipped          # examples that load
 
     # Again: entries replaced, not duplicated.
     assert len(publish_runs.publish(*args, log=lambda line: None)) == 2
@@ -195,3 +198,12 @@ def test_a_second_tag_takes_the_default_only_when_asked(publish_runs, sweep, tmp
     # Publishing the budget sweep again (new runs, a fixed report) does not take it back.
     assert publish("c10")["c10-paper-s0"] == (True, ["c10-paper"])
     assert pretrained.resolve("resnet20", True, weights).tag == "c10-paper-s0"
+
+
+def test_the_load_example_names_only_files_that_ship(publish_runs):
+    seed0 = {"model": "resnet20", "tag": "c10-s0", "aliases": ["c10"], "default": True}
+    alone = publish_runs.load_example([seed0], "c10")
+    assert 'pretrained="c10")` (`c10-s0`, its `pretrained=True`);' in alone and "c10-s1" not in alone
+    seed1 = {**seed0, "tag": "c10-s1", "aliases": [], "default": False}
+    both = publish_runs.load_example([seed1, {**seed0, "default": False}], "c10")
+    assert 'pretrained="c10")` (`c10-s0`) or `pretrained="c10-s1"`' in both
