@@ -228,18 +228,23 @@ def refresh_records(sweep: Path, results: Path, tag: str, weights: Path) -> list
     return save_manifest(manifest, weights, results, tag)
 
 
-def load_example(entries: list[dict], tag: str) -> str:
-    """How to load the tag's files, naming only tags that ship (a seed not published yet is no example)."""
+def load_example(entries: list[dict], tag: str, weights: Path) -> str:
+    """How to load the tag's files, naming only tags that ship (a seed not published yet is no
+    example). What `pretrained=TAG` loads is asked of pretrained.resolve, on the manifest just written."""
     model = entries[0]["model"]
-    mine = sorted((e for e in entries if e["model"] == model), key=lambda e: e["tag"])
-    named = next((e for e in mine if tag in e.get("aliases", [])), None)        # the file TAG loads
-    first = f'`selfreg.create_model("{model}", pretrained="{tag}")`'
+    try:
+        named = pretrained.resolve(model, tag, weights)
+    except UserError:                                    # TAG names no file (its default seed is not published)
+        named = None
+    tags = sorted(e["tag"] for e in entries if e["model"] == model)
     if named:
-        first += f" (`{named['tag']}`" + (", its `pretrained=True`)" if named.get("default") else ")")
-    other = next((e["tag"] for e in mine if e is not named), None)
-    also = f' or `pretrained="{other}"`' if other else ""
-    return (f"Load one: {first}{also}; each seed's file is tagged `{tag}-sN`; "
-            "`selfreg models --pretrained` lists them.")
+        tags.remove(named.tag)
+        shown, which = tag, f" (`{named.tag}`" + (", its `pretrained=True`" if named.default else "") + ")"
+    else:
+        shown, which = tags.pop(0), ""
+    also = f' or `pretrained="{tags[0]}"`' if tags else ""
+    return (f'Load one: `selfreg.create_model("{model}", pretrained="{shown}")`{which}{also}; each seed\'s file '
+            f"is tagged `{tag}-sN`; `selfreg models --pretrained` lists them.")
 
 
 def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str) -> None:
@@ -250,7 +255,7 @@ def write_weights_table(path: Path, entries: list[dict], weights: Path, tag: str
              "the CIFAR-10 JPEG copy, in the memory layout the run measured in (the manifest's `channels_last`: "
              "NHWC and NCHW round differently and can flip a near-tie image), and equals the run's own final "
              "validation accuracy; `python benchmarks/reeval_pretrained.py --data DATA` measures it again.", "",
-             load_example(entries, tag), "",
+             load_example(entries, tag, weights), "",
              "| model | tag | val top-1 | sha256 | size | command (data.root = the unpacked JPEG copy) | commit |",
              "|---|---|---|---|---|---|---|"]
     for e in sorted(entries, key=lambda e: (e["model"], e["tag"])):

@@ -200,10 +200,15 @@ def test_a_second_tag_takes_the_default_only_when_asked(publish_runs, sweep, tmp
     assert pretrained.resolve("resnet20", True, weights).tag == "c10-paper-s0"
 
 
-def test_the_load_example_names_only_files_that_ship(publish_runs):
-    seed0 = {"model": "resnet20", "tag": "c10-s0", "aliases": ["c10"], "default": True}
-    alone = publish_runs.load_example([seed0], "c10")
+def test_the_load_example_names_only_files_that_ship(publish_runs, tmp_path):
+    def example(*entries):
+        pretrained.write_manifest(list(entries), tmp_path)
+        return publish_runs.load_example(list(entries), "c10", tmp_path)
+
+    seed0 = {"model": "resnet20", "tag": "c10-s0", "aliases": ["c10"], "default": True, "file": "a.safetensors",
+             "sha256": "0" * 64, "val_accuracy": 0.9, "command": "selfreg sweep ...", "commit": "abc"}
+    alone = example(seed0)
     assert 'pretrained="c10")` (`c10-s0`, its `pretrained=True`);' in alone and "c10-s1" not in alone
-    seed1 = {**seed0, "tag": "c10-s1", "aliases": [], "default": False}
-    both = publish_runs.load_example([seed1, {**seed0, "default": False}], "c10")
-    assert 'pretrained="c10")` (`c10-s0`) or `pretrained="c10-s1"`' in both
+    seed1 = {**seed0, "tag": "c10-s1", "aliases": [], "default": False, "file": "b.safetensors"}
+    assert 'pretrained="c10")` (`c10-s0`) or `pretrained="c10-s1"`' in example(seed1, {**seed0, "default": False})
+    assert 'Load one: `selfreg.create_model("resnet20", pretrained="c10-s1")`;' in example(seed1)  # no alias yet
